@@ -1,0 +1,1 @@
+"""imcsim.analysis: queries and figures over trace files."""

@@ -1,0 +1,3 @@
+from imcsim.cli import main
+
+main()

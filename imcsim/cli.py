@@ -1,0 +1,110 @@
+"""The ``imcsim`` command line: run, info, plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from imcsim._version import __version__
+from imcsim.errors import InputError
+
+
+def _fail(message: str):
+    click.echo(f"imcsim: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="imcsim")
+def main():
+    """Discrete-event device-physics simulator for analog in-memory computing."""
+
+
+@main.command()
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="trace file to write (default: <run name>.h5 in the current folder)")
+@click.option("--seed", type=int, default=None, help="override the scenario's run.seed")
+@click.option("--threads", type=int, default=None, help="Numba threads (results do not depend "
+              "on it)")
+@click.option("--overwrite", is_flag=True, help="replace an existing trace file once the new "
+              "run is complete")
+@click.option("--progress/--no-progress", default=None, help="progress bar (default: on a "
+              "terminal)")
+def run(scenario, out, seed, threads, overwrite, progress):
+    """Run SCENARIO (a .toml file; default: the packaged pcm_drift.toml)."""
+    from imcsim.config import load_scenario
+    from imcsim.runner import default_scenario_path, run_scenario
+
+    try:
+        loaded = load_scenario(scenario or default_scenario_path(), seed)
+        out = out or Path(f"{loaded.scenario.run.name}.h5")
+        if progress is None:
+            progress = sys.stderr.isatty()
+        path = run_scenario(loaded, out, threads=threads, progress=progress,
+                            overwrite=overwrite)
+    except InputError as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+def info(trace):
+    """Summarise a trace file: status, provenance, datasets with shapes and units, metrics."""
+    from imcsim.store import Trace
+
+    try:
+        tr = Trace(trace)
+    except InputError as exc:
+        _fail(str(exc))
+    with tr:
+        a = tr.attrs
+        click.echo(f"{trace}: run '{a.get('run_name', '?')}'  status: {tr.status}")
+        click.echo(f"  seed {a.get('seed')}  imcsim {a.get('imcsim_version')}  created "
+                   f"{a.get('created_utc')}  finished {a.get('finished_utc') or '-'}  wall "
+                   f"{a.get('wall_time_s', float('nan')):.2f} s")
+        if a.get("error"):
+            click.echo(f"  error: {a['error']}")
+        if tr.status == "interrupted":
+            click.echo("  the writing process is gone: this run is NOT complete")
+
+        def show(name, obj):
+            if hasattr(obj, "shape"):
+                units = obj.attrs.get("units", "")
+                click.echo(f"  {name:<40} {obj.dtype!s:<10} {obj.shape!s:<22} [{units}]")
+
+        tr.file.visititems(show)
+        metrics = tr.metrics()
+        if metrics:
+            click.echo("  metrics:")
+            for k, (v, u) in metrics.items():
+                click.echo(f"    {k:<28} {v:.6g} {'' if u == '1' else u}".rstrip())
+
+
+@main.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="figure file (.png, .svg, .pdf)")
+def plot(trace, out):
+    """Draw the drift figure of a trace: distributions, ν, MVM error vs time."""
+    from imcsim.analysis.plots import drift_figure
+    from imcsim.store import Trace
+
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        _fail(f"{out}: figure name must end in .png, .svg or .pdf")
+    if not out.parent.exists():
+        _fail(f"{out}: directory {out.parent} does not exist")
+    try:
+        tr = Trace(trace)
+    except InputError as exc:
+        _fail(str(exc))
+    with tr, np.errstate(all="ignore"):
+        try:
+            drift_figure(tr, out)
+        except KeyError as exc:
+            _fail(f"{trace}: {exc.args[0]}")
+    click.echo(f"wrote {out}")

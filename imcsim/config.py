@@ -1,0 +1,450 @@
+"""Scenario files: TOML -> validated, frozen dataclasses.
+
+The tree below mirrors the TOML tables one to one. Every field's unit is in its docstring (SI);
+unknown keys, wrong types, NaN/inf, negative or non-increasing times and missing files raise
+:class:`~imcsim.errors.InputError` with the dotted path of the field, e.g.
+``scenario.toml: timeline[2].times: times must be strictly increasing``.
+The validated tree is what the engine sees and what the trace stores (``scenario_resolved``);
+``to_dict`` of it loads back to an equal tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from imcsim.errors import InputError
+from imcsim.physics import pcm
+
+# ----------------------------------------------------------------------------------------
+# Generic validation
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if _is_dataclass_type(tp):
+        return "a table"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false",
+            type(None): "absent"}.get(tp, str(tp))
+
+
+def _convert(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for alt in typing.get_args(tp):
+            if alt is type(None):
+                continue
+            try:
+                return _convert(alt, value, where)
+            except InputError as exc:
+                errors.append(str(exc))
+        raise InputError(errors[-1] if len(errors) == 1 else
+                         f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise InputError(f"{where}: must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(item, v, f"{where}[{k}]") for k, v in enumerate(value))
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"{where}: must be a finite number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {tp}")
+
+
+def from_dict(cls, data: dict, where: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys, then ``validate()``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(names))})"
+                         if where else f"{unknown[0]}: unknown key")
+    kwargs = {}
+    for name in names:
+        sub = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], sub)
+        else:
+            f = next(f for f in dataclasses.fields(cls) if f.name == name)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise InputError(f"{sub}: required key is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check(where)
+    return obj
+
+
+def to_dict(obj) -> dict:
+    """Plain-data form of a validated tree (loads back through :func:`from_dict`)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+        if v is not None:
+            out[f.name] = v
+    return out
+
+
+def _positive(where, name, value, strict=True):
+    if value is not None and (value <= 0 if strict else value < 0):
+        raise InputError(f"{where}.{name}: must be {'> 0' if strict else '≥ 0'}, got {value}")
+
+
+# ----------------------------------------------------------------------------------------
+# Scenario schema
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Times ``start..stop`` (s) with ``num`` points, ``spacing`` "log" or "linear"."""
+
+    start: float
+    stop: float
+    num: int
+    spacing: Literal["log", "linear"] = "log"
+
+    def validate(self, where):
+        _positive(where, "start", self.start, strict=self.spacing == "log")
+        _positive(where, "num", self.num)
+        if self.stop <= self.start and self.num > 1:
+            raise InputError(f"{where}.stop: must be greater than start ({self.start})")
+
+    def values(self) -> np.ndarray:
+        if self.spacing == "log":
+            return np.geomspace(self.start, self.stop, self.num)
+        return np.linspace(self.start, self.stop, self.num)
+
+
+Times = tuple[float, ...] | TimeRange
+
+
+def time_values(times: Times | None) -> np.ndarray:
+    if times is None:
+        return np.zeros(0)
+    return times.values() if isinstance(times, TimeRange) else np.asarray(times, dtype=float)
+
+
+def _check_times(where: str, times: Times | None):
+    values = time_values(times)
+    if np.any(values < 0):
+        raise InputError(f"{where}: times must be ≥ 0 (relative to the step), got "
+                         f"{values[values < 0][0]}")
+    if np.any(np.diff(values) <= 0):
+        raise InputError(f"{where}: times must be strictly increasing")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Identity of the run. ``seed`` keys every random draw (overridden by ``--seed``)."""
+
+    name: str = "run"
+    seed: int = 0
+    description: str = ""
+
+    def validate(self, where):
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"{where}.seed: must be in [0, 2^63), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class StatisticalSection:
+    """Overrides of the statistical PCM model preset (fields of pcm.StatisticalModel)."""
+
+    g_max: float | None = None
+    prog_coeff: tuple[float, ...] | None = None
+    prog_coeff_g_ref: float | None = None
+    t0: float | None = None
+    t_read: float | None = None
+    drift_time: Literal["clamped", "shifted"] | None = None
+    prog_noise_scale: float | None = None
+    drift_scale: float | None = None
+    read_noise_scale: float | None = None
+
+    def validate(self, where):
+        for name in ("g_max", "prog_coeff_g_ref", "t0", "t_read"):
+            _positive(where, name, getattr(self, name))
+        for name in ("prog_noise_scale", "drift_scale", "read_noise_scale"):
+            _positive(where, name, getattr(self, name), strict=False)
+
+
+@dataclass(frozen=True)
+class PulseSection:
+    """Overrides of the per-pulse PCM model (fields of pcm.PulseModel), SI units."""
+
+    g_reset: float | None = None
+    sigma_reset: float | None = None
+    sigma_reset_d2d: float | None = None
+    dg0: float | None = None
+    g_sat: float | None = None
+    sigma_c2c: float | None = None
+    sigma_d2d_dg0: float | None = None
+    sigma_d2d_gsat: float | None = None
+    i_threshold: float | None = None
+    i_reference: float | None = None
+    t_pulse: float | None = None
+
+    def validate(self, where):
+        for name in ("g_reset", "dg0", "g_sat", "t_pulse", "i_reference"):
+            _positive(where, name, getattr(self, name))
+        for name in ("sigma_reset", "sigma_reset_d2d", "sigma_c2c", "sigma_d2d_dg0",
+                     "sigma_d2d_gsat", "i_threshold"):
+            _positive(where, name, getattr(self, name), strict=False)
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    """Device model: a statistical preset plus overrides, and the per-pulse model."""
+
+    model: Literal["joshi2020", "hermes2023"] = "joshi2020"
+    statistical: StatisticalSection = field(default_factory=StatisticalSection)
+    pulse: PulseSection = field(default_factory=PulseSection)
+
+    def statistical_model(self) -> pcm.StatisticalModel:
+        base = pcm.STATISTICAL_PRESETS[self.model]
+        changes = {k: v for k, v in to_dict(self.statistical).items()}
+        if "prog_coeff" in changes:
+            changes["prog_coeff"] = tuple(changes["prog_coeff"])
+        return dataclasses.replace(base, **changes)
+
+    def pulse_model(self) -> pcm.PulseModel:
+        return dataclasses.replace(pcm.PulseModel(), **to_dict(self.pulse))
+
+
+@dataclass(frozen=True)
+class ArraySection:
+    """Crossbar geometry: ``rows`` inputs × ``cols`` outputs of differential pairs;
+    ``weight_scale`` is the |weight| mapped to g_max (dimensionless weight units)."""
+
+    rows: int = 256
+    cols: int = 256
+    weight_scale: float = 1.0
+
+    def validate(self, where):
+        _positive(where, "rows", self.rows)
+        _positive(where, "cols", self.cols)
+        _positive(where, "weight_scale", self.weight_scale)
+
+
+@dataclass(frozen=True)
+class TargetsSection:
+    """Target weights: ``uniform`` in [low, high], ``normal`` (mean 0, std) clipped to
+    ±weight_scale, or ``file``: a .npy array of shape (rows, cols), path relative to the
+    scenario file."""
+
+    distribution: Literal["uniform", "normal", "file"] = "uniform"
+    low: float = -1.0
+    high: float = 1.0
+    std: float = 0.3
+    file: str = ""
+
+    def validate(self, where):
+        if self.distribution == "uniform" and self.high <= self.low:
+            raise InputError(f"{where}.high: must be greater than low ({self.low})")
+        if self.distribution == "normal":
+            _positive(where, "std", self.std)
+        if self.distribution == "file" and not self.file:
+            raise InputError(f"{where}.file: required when distribution = 'file'")
+
+
+@dataclass(frozen=True)
+class VerifySection:
+    """Program-and-verify settings (pcm.VerifyPolicy): tolerance, read_noise and
+    read_resolution in S, max_pulses per device, step_fraction and s_min dimensionless."""
+
+    tolerance: float = pcm.VerifyPolicy.tolerance
+    max_pulses: int = pcm.VerifyPolicy.max_pulses
+    read_noise: float = pcm.VerifyPolicy.read_noise
+    read_resolution: float = pcm.VerifyPolicy.read_resolution
+    step_fraction: float = pcm.VerifyPolicy.step_fraction
+    s_min: float = pcm.VerifyPolicy.s_min
+
+    def validate(self, where):
+        _positive(where, "tolerance", self.tolerance)
+        _positive(where, "max_pulses", self.max_pulses)
+        _positive(where, "read_noise", self.read_noise, strict=False)
+        _positive(where, "read_resolution", self.read_resolution, strict=False)
+        _positive(where, "step_fraction", self.step_fraction)
+        if not 0.0 <= self.s_min <= 1.0:
+            raise InputError(f"{where}.s_min: must be in [0, 1], got {self.s_min}")
+
+    def policy(self) -> pcm.VerifyPolicy:
+        return pcm.VerifyPolicy(**to_dict(self))
+
+
+STEP_KINDS = ("program", "refresh", "reset", "wait", "read", "mvm", "calibrate")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the timeline, in file order.
+
+    Time is kept by a cursor that starts at 0 s. ``program``, ``refresh`` and ``reset`` start
+    at the cursor and move it by their duration (the pulse budget × t_pulse for
+    program-and-verify, one t_pulse otherwise); ``wait`` moves it by ``duration`` (s).
+    ``read``, ``mvm`` and ``calibrate`` happen at ``times`` / ``t`` (s) after the cursor
+    where they stand and do not move it; the engine runs all events in time order.
+
+    Fields by kind:
+        program: ``method`` ("verify" | "statistical"), ``verify`` table.
+        refresh: re-programs the last programmed targets with the same method.
+        read: ``times``; ``full_times`` where every device is recorded, not only the subset.
+        mvm: ``times``, ``batch`` random inputs x ~ U[−1, 1] (the same set at every time).
+        calibrate: ``t``, ``batch`` calibration inputs for global drift compensation.
+    """
+
+    kind: Literal["program", "refresh", "reset", "wait", "read", "mvm", "calibrate"]
+    method: Literal["verify", "statistical"] = "verify"
+    verify: VerifySection = field(default_factory=VerifySection)
+    duration: float = 0.0
+    t: float = 0.0
+    times: Times | None = None
+    full_times: Times | None = None
+    batch: int = 64
+
+    def validate(self, where):
+        if self.kind in ("read", "mvm") and self.times is None:
+            raise InputError(f"{where}.times: required for a '{self.kind}' step")
+        if self.kind == "wait" and not self.duration > 0:
+            raise InputError(f"{where}.duration: a wait needs a duration > 0 s, "
+                             f"got {self.duration}")
+        _positive(where, "duration", self.duration, strict=False)
+        _positive(where, "t", self.t, strict=False)
+        _positive(where, "batch", self.batch)
+        _check_times(f"{where}.times", self.times)
+        _check_times(f"{where}.full_times", self.full_times)
+
+
+@dataclass(frozen=True)
+class RecordSection:
+    """What goes to the trace: ``subset`` devices recorded at every read (chosen at random
+    by the seed), ``store_outputs`` keeps every MVM output vector."""
+
+    subset: int = 256
+    store_outputs: bool = False
+
+    def validate(self, where):
+        _positive(where, "subset", self.subset, strict=False)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A PCM crossbar scenario (tables: run, device, array, targets, record, timeline)."""
+
+    run: RunSection = field(default_factory=RunSection)
+    device: DeviceSection = field(default_factory=DeviceSection)
+    array: ArraySection = field(default_factory=ArraySection)
+    targets: TargetsSection = field(default_factory=TargetsSection)
+    record: RecordSection = field(default_factory=RecordSection)
+    timeline: tuple[Step, ...] = ()
+
+    def validate(self, where):
+        if not self.timeline:
+            raise InputError(f"{where}timeline: needs at least one step")
+        programmed = False
+        for k, step in enumerate(self.timeline):
+            if step.kind == "program":
+                programmed = True
+            if step.kind in ("refresh",) and not programmed:
+                raise InputError(f"timeline[{k}]: 'refresh' needs an earlier 'program' step")
+        n_dev = 2 * self.array.rows * self.array.cols
+        if self.record.subset > n_dev:
+            raise InputError(f"record.subset: {self.record.subset} is more than the "
+                             f"{n_dev} devices of the array")
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    """A validated scenario with its source text and the folder relative paths start from."""
+
+    scenario: Scenario
+    text: str
+    path: Path | None
+
+
+def load_scenario(path: str | Path, seed: int | None = None) -> LoadedScenario:
+    """Read and validate a scenario file; ``seed`` overrides ``run.seed``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such scenario file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+    return parse_scenario(text, path, seed)
+
+
+def parse_scenario(text: str, path: Path | None = None, seed: int | None = None
+                   ) -> LoadedScenario:
+    label = str(path) if path else "<scenario>"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{label}: malformed TOML: {exc}") from None
+    if seed is not None:
+        data.setdefault("run", {})["seed"] = seed
+    try:
+        scenario = from_dict(Scenario, data, "")
+        _check_files(scenario, path)
+    except InputError as exc:
+        raise InputError(f"{label}: {exc}") from None
+    return LoadedScenario(scenario, text, path)
+
+
+def _check_files(scenario: Scenario, path: Path | None):
+    if scenario.targets.distribution == "file":
+        target = resolve_path(scenario.targets.file, path)
+        if not target.exists():
+            raise InputError(f"targets.file: no such file {target}")
+
+
+def resolve_path(name: str, scenario_path: Path | None) -> Path:
+    p = Path(name)
+    if not p.is_absolute() and scenario_path is not None:
+        p = scenario_path.parent / p
+    return p

@@ -1,0 +1,323 @@
+"""HDF5 trace store: one self-describing file per run.
+
+Layout (every dataset carries a ``units`` attribute and a ``description``)::
+
+    /                      attrs: format="imcsim-trace", format_version, imcsim_version, status
+                           ("running" | "complete" | "failed"), seed, scenario_toml,
+                           scenario_resolved (JSON of the validated tree), created_utc,
+                           finished_utc, wall_time_s, host, pid, error
+    /devices/<name>        per-device static parameters and targets
+    /series/<name>/data    time series, axis 0 is time, chunked and gzip-compressed
+    /series/<name>/t       its time axis (s)
+    /events                the event log (t, kind, step, n_devices)
+    /metrics/<name>        scalar results
+
+Crash safety. The writer declares every dataset first, then switches the file to HDF5's
+single-writer/multiple-reader (SWMR) mode and only appends and flushes. SWMR orders metadata
+writes so that the file on disk is consistent after every flush: a run killed with SIGKILL
+leaves a file that opens (with ``swmr=True``, which :func:`open_trace` does by itself) with
+everything up to its last flush and ``status = "running"``. HDF5 refuses a plain open of such a
+file ("file is already open for write"); ``h5py.File(path, "r", swmr=True)`` works.
+An existing file is never opened for writing unless the caller asks to overwrite it, and then
+the new run is written under a temporary name and renamed over the old file only when it is
+complete, so a failed or killed overwrite leaves the old file as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from imcsim._version import __version__
+from imcsim.errors import InputError
+
+FORMAT_NAME = "imcsim-trace"
+FORMAT_VERSION = 1
+STATUS_RUNNING = "running"
+STATUS_COMPLETE = "complete"
+STATUS_FAILED = "failed"
+
+_EVENT_DTYPE = np.dtype([("t", "f8"), ("kind", "S16"), ("step", "i4"), ("n_devices", "i8")])
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _chunks(shape: tuple[int, ...], itemsize: int, target_bytes: int = 1 << 20):
+    """Chunk shape: one time sample per chunk row, samples split until ≲ 1 MiB."""
+    sample = list(shape[1:])
+    while sample and int(np.prod(sample)) * itemsize > target_bytes:
+        k = int(np.argmax(sample))
+        sample[k] = max(1, sample[k] // 2)
+    return (1, *sample)
+
+
+class TraceWriter:
+    """Write one run: declare datasets, :meth:`begin`, append samples, :meth:`finish`.
+
+    Use as a context manager: an exception inside marks the file ``failed`` with the message
+    and re-raises.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InputError(f"{self.path}: file exists (pass --overwrite to replace it)")
+        if not self.path.parent.exists():
+            raise InputError(f"{self.path}: directory {self.path.parent} does not exist")
+        # Written under a temporary name when replacing, so the old file survives a failure.
+        self._write_path = (self.path.with_name(f".{self.path.name}.partial")
+                            if self.path.exists() else self.path)
+        self._file = h5py.File(self._write_path, "w", libver="latest")
+        self._series: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
+        self._metrics: dict[str, h5py.Dataset] = {}
+        self._n_events = 0
+        self._started = False
+        self._t_wall0 = _dt.datetime.now(_dt.UTC)
+        a = self._file.attrs
+        a["format"] = FORMAT_NAME
+        a["format_version"] = FORMAT_VERSION
+        a["imcsim_version"] = __version__
+        a["status"] = STATUS_RUNNING
+        a["created_utc"] = self._t_wall0.isoformat(timespec="seconds")
+        a["finished_utc"] = ""
+        a["wall_time_s"] = np.nan
+        a["host"] = socket.gethostname()
+        a["pid"] = os.getpid()
+        a["error"] = ""
+        self._events = self._file.create_dataset(
+            "events", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_EVENT_DTYPE)
+        self._events.attrs["units"] = json.dumps({"t": "s", "kind": "", "step": "",
+                                                  "n_devices": ""})
+        self._events.attrs["description"] = (
+            "event log in time order: start time, kind, index of the scenario timeline step, "
+            "devices touched")
+
+    # -- declaration phase --------------------------------------------------------------
+    def set_attrs(self, **attrs):
+        for k, v in attrs.items():
+            self._file.attrs[k] = v
+
+    def static(self, name: str, data, units: str, description: str, group: str = "devices"):
+        """Store a constant array (per-device parameters, targets, indices)."""
+        self._check_declaring()
+        d = self._file.require_group(group).create_dataset(
+            name, data=np.asarray(data), compression="gzip", shuffle=True)
+        d.attrs["units"] = units
+        d.attrs["description"] = description
+        return d
+
+    def declare_series(self, name: str, sample_shape: tuple[int, ...], dtype, units: str,
+                       description: str, n: int | None = None):
+        """Declare a time series of samples of ``sample_shape``; ``n`` samples if known."""
+        self._check_declaring()
+        g = self._file.require_group("series").create_group(name)
+        shape = (0, *sample_shape)
+        dtype = np.dtype(dtype)
+        data = g.create_dataset("data", shape=shape, maxshape=(None, *sample_shape),
+                                dtype=dtype, chunks=_chunks((n or 1, *sample_shape),
+                                                            dtype.itemsize),
+                                compression="gzip", shuffle=True, fillvalue=np.nan)
+        data.attrs["units"] = units
+        data.attrs["description"] = description
+        data.attrs["time_axis"] = "t"
+        t = g.create_dataset("t", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+        t.attrs["units"] = "s"
+        t.attrs["description"] = "scenario time of each sample"
+        self._series[name] = (data, t)
+
+    def declare_metric(self, name: str, units: str, description: str):
+        """Declare a scalar result, filled by :meth:`set_metric` (NaN until then)."""
+        self._check_declaring()
+        d = self._file.require_group("metrics").create_dataset(name, data=np.nan, dtype="f8")
+        d.attrs["units"] = units
+        d.attrs["description"] = description
+        self._metrics[name] = d
+
+    def begin(self):
+        """End the declaration phase: from here on the file on disk is always consistent."""
+        self._check_declaring()
+        self._file.flush()
+        self._file.swmr_mode = True
+        self._started = True
+
+    # -- writing phase ------------------------------------------------------------------
+    def append(self, name: str, t: float, sample):
+        data, tax = self._series[name]
+        k = data.shape[0]
+        data.resize(k + 1, axis=0)
+        tax.resize(k + 1, axis=0)
+        data[k] = sample
+        tax[k] = t
+
+    def log_event(self, t: float, kind: str, step: int, n_devices: int):
+        self._events.resize(self._n_events + 1, axis=0)
+        self._events[self._n_events] = (t, kind.encode(), step, n_devices)
+        self._n_events += 1
+
+    def set_metric(self, name: str, value: float):
+        self._metrics[name][()] = value
+
+    def flush(self):
+        self._file.flush()
+
+    def finish(self, status: str = STATUS_COMPLETE, error: str = ""):
+        """Mark the run ``complete`` (or ``failed``), close, and move into place."""
+        if self._file is None:
+            return
+        now = _dt.datetime.now(_dt.UTC)
+        a = self._file.attrs
+        a["status"] = status
+        a["error"] = error
+        a["finished_utc"] = now.isoformat(timespec="seconds")
+        a["wall_time_s"] = (now - self._t_wall0).total_seconds()
+        self._file.flush()
+        self._file.close()
+        self._file = None
+        if self._write_path != self.path:
+            if status == STATUS_COMPLETE:
+                os.replace(self._write_path, self.path)
+            else:
+                os.unlink(self._write_path)
+
+    def _check_declaring(self):
+        if self._started:
+            raise RuntimeError("datasets must be declared before begin()")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            if self._file is not None:
+                self.finish()
+        else:
+            self.finish(STATUS_FAILED, f"{exc_type.__name__}: {exc}")
+        return False
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+
+def open_trace(path: str | os.PathLike) -> h5py.File:
+    """Open a trace read-only; also opens the file of a run killed mid-way (SWMR)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise InputError(f"{path}: not a readable HDF5 file ({_short(exc)})") from None
+        try:
+            f = h5py.File(path, "r", swmr=True)
+        except OSError as exc2:
+            raise InputError(f"{path}: not a readable HDF5 file ({_short(exc2)})") from None
+    if f.attrs.get("format") != FORMAT_NAME:
+        f.close()
+        raise InputError(f"{path}: HDF5 file is not an imcsim trace (no format='{FORMAT_NAME}')")
+    return f
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:120]
+
+
+@dataclass
+class Series:
+    """A time series read back: ``t`` (s), ``data`` (axis 0 = time) and its units."""
+
+    name: str
+    t: np.ndarray
+    data: np.ndarray
+    units: str
+    description: str
+
+
+class Trace:
+    """Read API over one trace file: provenance, series by time range and device subset."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._f = open_trace(path)
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def file(self) -> h5py.File:
+        return self._f
+
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
+
+    @property
+    def status(self) -> str:
+        """``complete``, ``failed``, ``running`` or ``interrupted`` (running, writer gone)."""
+        status = str(self._f.attrs.get("status", "unknown"))
+        if status == STATUS_RUNNING and not _writer_alive(self._f.attrs):
+            return "interrupted"
+        return status
+
+    @property
+    def scenario(self) -> dict:
+        return json.loads(self._f.attrs["scenario_resolved"])
+
+    def series_names(self) -> list[str]:
+        return sorted(self._f["series"]) if "series" in self._f else []
+
+    def series(self, name: str, t_min: float = -np.inf, t_max: float = np.inf,
+               devices=None) -> Series:
+        """Samples of series ``name`` with t_min ≤ t ≤ t_max; ``devices`` indexes the last
+        axis of each sample (flattened sample axes) when given."""
+        if name not in self.series_names():
+            raise KeyError(f"{self.path}: no series '{name}' (have: "
+                           f"{', '.join(self.series_names())})")
+        g = self._f["series"][name]
+        t = g["t"][:]
+        n = min(t.size, g["data"].shape[0])
+        t = t[:n]
+        sel = np.flatnonzero((t >= t_min) & (t <= t_max))
+        data = g["data"][sel[0]:sel[-1] + 1] if sel.size else g["data"][0:0]
+        if devices is not None:
+            data = data.reshape(data.shape[0], -1)[:, np.asarray(devices)]
+        return Series(name, t[sel], data, str(g["data"].attrs["units"]),
+                      str(g["data"].attrs.get("description", "")))
+
+    def device(self, name: str) -> np.ndarray:
+        return self._f["devices"][name][()]
+
+    def metrics(self) -> dict[str, tuple[float, str]]:
+        if "metrics" not in self._f:
+            return {}
+        return {k: (float(d[()]), str(d.attrs["units"])) for k, d in self._f["metrics"].items()}
+
+    def events(self) -> np.ndarray:
+        return self._f["events"][:]
+
+
+def _writer_alive(attrs) -> bool:
+    """True when the writing process still runs on this host."""
+    if attrs.get("host") != socket.gethostname():
+        return True  # cannot tell from here; report what the file says
+    try:
+        os.kill(int(attrs.get("pid", -1)), 0)
+    except (OSError, ValueError):
+        return False
+    return True

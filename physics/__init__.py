@@ -1,0 +1,1 @@
+"""imcsim.physics: Numba kernels and parameter sets of device and circuit models (SI units)."""
