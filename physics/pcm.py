@@ -402,6 +402,15 @@ def read_noise_growth(tau, t0, t_read, shifted):
     return np.sqrt(np.log(arg)) if arg > 1.0 else 0.0
 
 
+@njit(cache=True, inline="always")
+def _log_shifted(log_a, a, delta):
+    """ln(a − δ) from ln a: −log1p(−ε) series for ε = δ/a < 1e-5 (error < ε⁴/4), else log."""
+    eps = delta / a
+    if 0.0 <= eps < 1e-5:
+        return log_a - eps * (1.0 + eps * (0.5 + eps * (1.0 / 3.0)))
+    return np.log(a - delta)
+
+
 @njit(cache=True, parallel=True)
 def read_drifted(g_prog, t_prog, nu, q_s, times, counters, t0, t_read, shifted, read_noise_scale,
                  seed, out):
@@ -410,14 +419,29 @@ def read_drifted(g_prog, t_prog, nu, q_s, times, counters, t0, t_read, shifted, 
     G(t) = G_p·drift_factor(t − t_p) and g = max(0, G(t) + s_r·G(t)·Q_s·growth(t − t_p)·ξ),
     where ξ is drawn at ``counters[k]`` of stream READ: the 1/f noise accumulated up to the
     read, one draw per device per read time. ``read_noise_scale = 0`` gives the noise-free
-    drifted conductance. Devices with ``t_p > t`` (not yet programmed) read their stored G_p.
+    drifted conductance. Devices with ``t_p ≥ t`` (not yet programmed) read their stored G_p.
+
+    Speed without approximation: devices programmed in one step differ in t_p by micro- to
+    milliseconds, so ln(t − t_p) is taken from ln(t − t_ref) (t_ref = earliest t_p, one log
+    per read time) by the series of log1p, accurate to rounding when (t_p − t_ref)/(t − t_ref)
+    < 1e-5, and likewise ln(τ + t_read) from ln τ; the exact logarithm is used otherwise.
     """
     key = rng.stream_key(seed, rng.STREAM_READ)
     n_times = times.size
+    t_ref = t_prog.min() if t_prog.size else 0.0
+    shift = t0 if shifted else 0.0
+    span = np.empty(n_times)  # τ_eff of the earliest-programmed device at each read, s
+    log_span = np.empty(n_times)
+    for k in range(n_times):
+        span[k] = times[k] - t_ref + shift
+        log_span[k] = np.log(span[k]) if span[k] > 0.0 else 0.0
+    log_t0 = np.log(t0)
+    log_2tr = np.log(2.0 * t_read)
     for i in prange(g_prog.size):
         o = rng.index_origin(key, i)
         gp = g_prog[i]
         tp = t_prog[i]
+        delta = tp - t_ref
         nui = nu[i]
         qs = q_s[i] * read_noise_scale
         for k in range(n_times):
@@ -425,8 +449,19 @@ def read_drifted(g_prog, t_prog, nu, q_s, times, counters, t0, t_read, shifted, 
             if tau <= 0.0:
                 out[k, i] = gp
                 continue
-            gd = gp * drift_factor(tau, nui, t0, shifted)
+            a = span[k] - delta  # τ + shift: the drift clock, s
+            log_a = _log_shifted(log_span[k], span[k], delta)
+            drift_log = log_a - log_t0
+            if not shifted and drift_log < 0.0:
+                drift_log = 0.0  # clamped convention: no drift before t0
+            gd = gp * np.exp(-nui * drift_log)
             if qs > 0.0:
-                gd += gd * qs * read_noise_growth(tau, t0, t_read, shifted) * rng.origin_normal(
-                    o, counters[k])
+                # ln((τ_eff + t_read)/(2 t_read)) with ln(a + t_read) = ln a + log1p(t_read/a)
+                x = t_read / a
+                if x < 1e-5:
+                    log_arg = log_a + x * (1.0 - x * (0.5 - x * (1.0 / 3.0))) - log_2tr
+                else:
+                    log_arg = np.log((a + t_read) / (2.0 * t_read))
+                if log_arg > 0.0:
+                    gd += gd * qs * np.sqrt(log_arg) * rng.origin_normal(o, counters[k])
             out[k, i] = gd if gd > 0.0 else 0.0
