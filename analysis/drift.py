@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,13 +22,16 @@ def fit_drift_exponents(tau: np.ndarray, g: np.ndarray, tau_min: float) -> np.nd
     use = tau >= tau_min
     with np.errstate(divide="ignore", invalid="ignore"):
         log_t = np.where(use, np.log(np.where(use, tau, 1.0)), np.nan)
-        log_g = np.where(use, np.log(g), np.nan)
+        log_g = np.where(use, np.log(np.where(use, g, 1.0)), np.nan)
+    unreadable = np.any(use & ~np.isfinite(log_g), axis=0)  # read 0 S (or less): no fit
+    log_g[:, unreadable] = np.nan
     n = use.sum(axis=0)
-    x = log_t - np.nanmean(log_t, axis=0)
-    y = log_g - np.nanmean(log_g, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of unfit devices
+        x = log_t - np.nanmean(log_t, axis=0)
+        y = log_g - np.nanmean(log_g, axis=0)
         nu = -np.nansum(x * y, axis=0) / np.nansum(x * x, axis=0)
-    nu[(n < 2) | ~np.all(np.isfinite(np.where(use, log_g, 0.0)), axis=0)] = np.nan
+    nu[(n < 2) | unreadable] = np.nan
     return nu
 
 
