@@ -43,6 +43,8 @@ def drift_exponents(trace: Trace, after: float = 0.0, tau_min: float | None = No
 
     t0 = from_dict(Scenario, trace.scenario, "").device.statistical_model().t0
     prog = trace.series("t_programmed")
+    if prog.t.size == 0:
+        raise ValueError("no programming step in this run")
     k = max(int(np.searchsorted(prog.t, after, side="right")) - 1, 0)
     t_next = prog.t[k + 1] if k + 1 < prog.t.size else np.inf
     s = trace.series("conductance_subset", t_min=prog.t[k], t_max=t_next)

@@ -1,3 +1,3 @@
-from imcsim.cli import main
+from imcsim.cli import entry
 
-main()
+entry()

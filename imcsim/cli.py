@@ -23,6 +23,22 @@ def main():
     """Discrete-event device-physics simulator for analog in-memory computing."""
 
 
+def entry(args=None):
+    """Console entry point: click's usage errors become one line and exit code 2 too."""
+    try:
+        main.main(args=args, prog_name="imcsim", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        _fail(f"{where}{exc.format_message()}".replace("\n", " "))
+    except click.exceptions.Abort:
+        click.echo("imcsim: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+
+
 @main.command()
 @click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,

@@ -49,16 +49,19 @@ def _type_name(tp) -> str:
 def _convert(tp, value, where: str):
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
-        errors = []
-        for alt in typing.get_args(tp):
-            if alt is type(None):
-                continue
+        alts = [a for a in typing.get_args(tp) if a is not type(None)]
+        # A list or a table can only mean the alternative of that shape: report its error.
+        for alt in alts:
+            shape = typing.get_origin(alt)
+            if ((isinstance(value, list) and shape in (tuple, list))
+                    or (isinstance(value, dict) and _is_dataclass_type(alt))):
+                return _convert(alt, value, where)
+        for alt in alts:
             try:
                 return _convert(alt, value, where)
-            except InputError as exc:
-                errors.append(str(exc))
-        raise InputError(errors[-1] if len(errors) == 1 else
-                         f"{where}: expected {_type_name(tp)}, got {value!r}")
+            except InputError:
+                continue
+        raise InputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise InputError(f"{where}: must be {_type_name(tp)}, got {value!r}")
@@ -292,6 +295,9 @@ class TargetsSection:
             raise InputError(f"{where}.file: required when distribution = 'file'")
 
 
+MAX_PULSES = 1 << 20  # random-number counters reserved per programming event
+
+
 @dataclass(frozen=True)
 class VerifySection:
     """Program-and-verify settings (pcm.VerifyPolicy): tolerance, read_noise and
@@ -307,6 +313,9 @@ class VerifySection:
     def validate(self, where):
         _positive(where, "tolerance", self.tolerance)
         _positive(where, "max_pulses", self.max_pulses)
+        if self.max_pulses >= MAX_PULSES:
+            raise InputError(f"{where}.max_pulses: must be below {MAX_PULSES}, "
+                             f"got {self.max_pulses}")
         _positive(where, "read_noise", self.read_noise, strict=False)
         _positive(where, "read_resolution", self.read_resolution, strict=False)
         _positive(where, "step_fraction", self.step_fraction)
@@ -369,7 +378,7 @@ class RecordSection:
     store_outputs: bool = False
 
     def validate(self, where):
-        _positive(where, "subset", self.subset, strict=False)
+        _positive(where, "subset", self.subset)
 
 
 @dataclass(frozen=True)
@@ -426,10 +435,11 @@ def parse_scenario(text: str, path: Path | None = None, seed: int | None = None
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{label}: malformed TOML: {exc}") from None
-    if seed is not None:
-        data.setdefault("run", {})["seed"] = seed
     try:
         scenario = from_dict(Scenario, data, "")
+        if seed is not None:
+            run = from_dict(RunSection, {**to_dict(scenario.run), "seed": seed}, "run")
+            scenario = dataclasses.replace(scenario, run=run)
         _check_files(scenario, path)
     except InputError as exc:
         raise InputError(f"{label}: {exc}") from None

@@ -51,7 +51,10 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
     sc = loaded.scenario
     seed = sc.run.seed
     events = build_timeline(sc, sc.device.pulse_model().t_pulse)
-    sim = PCMArraySimulation(loaded, seed, events)
+    try:
+        sim = PCMArraySimulation(loaded, seed, events)
+    except InputError as exc:
+        raise InputError(f"{loaded.path or '<scenario>'}: {exc}") from None
     bar = None
     if progress:
         from tqdm import tqdm

@@ -79,6 +79,7 @@ class TraceWriter:
         self._file = h5py.File(self._write_path, "w", libver="latest")
         self._series: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
         self._metrics: dict[str, h5py.Dataset] = {}
+        self._last_t: dict[str, float] = {}
         self._n_events = 0
         self._started = False
         self._t_wall0 = _dt.datetime.now(_dt.UTC)
@@ -151,8 +152,13 @@ class TraceWriter:
 
     # -- writing phase ------------------------------------------------------------------
     def append(self, name: str, t: float, sample):
+        """Append one sample at scenario time ``t`` (s); times must not decrease."""
         data, tax = self._series[name]
         k = data.shape[0]
+        last = self._last_t.get(name, -np.inf)
+        if t < last:
+            raise ValueError(f"series '{name}': time {t} s is before the last sample ({last} s)")
+        self._last_t[name] = t
         data.resize(k + 1, axis=0)
         tax.resize(k + 1, axis=0)
         data[k] = sample
@@ -296,7 +302,8 @@ class Trace:
         sel = np.flatnonzero((t >= t_min) & (t <= t_max))
         data = g["data"][sel[0]:sel[-1] + 1] if sel.size else g["data"][0:0]
         if devices is not None:
-            data = data.reshape(data.shape[0], -1)[:, np.asarray(devices)]
+            flat = int(np.prod(data.shape[1:]))
+            data = data.reshape(data.shape[0], flat)[:, np.asarray(devices)]
         return Series(name, t[sel], data, str(g["data"].attrs["units"]),
                       str(g["data"].attrs.get("description", "")))
 
