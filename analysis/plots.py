@@ -54,8 +54,11 @@ def drift_figure(trace: Trace, out: str | Path) -> Path:
         _, nu_fit, nu_model = drift_exponents(trace)
         ok = np.isfinite(nu_fit) & (nu_model > 0)
         ax.scatter(nu_model[ok], nu_fit[ok], s=6, alpha=0.6)
-        lim = [0, max(0.15, float(np.nanmax(nu_model)) * 1.1)]
+        top = max(float(np.max(nu_model[ok], initial=0.0)), float(np.max(nu_fit[ok], initial=0.0)))
+        lim = [0, max(0.05, top * 1.05)]
         ax.plot(lim, lim, "k--", lw=0.8, label="ν fit = ν model")
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
         ax.legend(fontsize=8)
     except (ValueError, KeyError) as exc:
         ax.text(0.5, 0.5, f"no drift fit: {exc}", ha="center", transform=ax.transAxes)
