@@ -7,6 +7,8 @@ doing the same work. ``set_pulses_numpy_generator`` is the baseline at its faste
 pulse model with numpy's own ziggurat normals instead of the counter-based ones.
 """
 
+import math
+
 import numpy as np
 
 from imcsim.physics import rng
@@ -44,7 +46,7 @@ def origin_uniform(origin, counter):
 
 
 def _uniform(bits):
-    return ((np.asarray(bits, dtype=np.uint64) >> _U64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return ((np.asarray(bits, dtype=np.uint64) >> _U64(12)).astype(np.float64) + 0.5) * 2.0**-52
 
 
 def _retry_word(bits, j):
@@ -53,7 +55,7 @@ def _retry_word(bits, j):
 
 
 def _ziggurat_slow(bits, i, u):
-    """Scalar restatement of rng._ziggurat_slow."""
+    """Scalar restatement of rng._ziggurat_slow (math.log/exp: the C library's, as Numba's)."""
     x_tab, f_tab, ratio, r = rng._ZIG_X, rng._ZIG_F, rng._ZIG_RATIO, rng._ZIG_R
     j = 1
     while True:
@@ -62,13 +64,13 @@ def _ziggurat_slow(bits, i, u):
                 u1 = float(_uniform(_retry_word(bits, j)))
                 u2 = float(_uniform(_retry_word(bits, j + 1)))
                 j += 2
-                x = -np.log(u1) / r
-                if -2.0 * np.log(u2) > x * x:
+                x = -math.log(u1) / r
+                if -2.0 * math.log(u2) > x * x:
                     return r + x if u > 0.0 else -r - x
         x = u * x_tab[i]
         u2 = float(_uniform(_retry_word(bits, j)))
         j += 1
-        if f_tab[i] + u2 * (f_tab[i + 1] - f_tab[i]) < np.exp(-0.5 * x * x):
+        if f_tab[i] + u2 * (f_tab[i + 1] - f_tab[i]) < math.exp(-0.5 * x * x):
             return x
         w = _retry_word(bits, j)
         j += 1
@@ -150,7 +152,8 @@ def read_drifted(g_prog, t_prog, nu, q_s, times, counters, t0, t_read, shifted,
     for k, (t, c) in enumerate(zip(times, counters)):
         tau = t - t_prog
         tau_eff = tau + t0 if shifted else np.maximum(tau, t0)
-        g = g_prog * (tau_eff / t0) ** (-nu)
+        with np.errstate(invalid="ignore"):  # τ_eff < 0 before programming: masked below
+            g = g_prog * (tau_eff / t0) ** (-nu)
         tau_noise = tau + t0 if shifted else tau
         arg = (tau_noise + t_read) / (2 * t_read)
         growth = np.sqrt(np.log(np.maximum(arg, 1.0)))

@@ -17,10 +17,11 @@ triple owns a SplitMix64 stream whose position is ``counter``. Different triples
 independent pseudo-random positions of the 2^64-long Weyl sequence; the chance that two of
 them overlap within 2^40 draws is below 2^-24 even for 2^20 devices.
 
-Uniforms take the top 53 bits, offset by half a unit: ``u = (bits >> 11 + 0.5)·2^-53`` lies
-strictly inside (0, 1). Normals come from the 256-layer ziggurat of Marsaglia & Tsang (J. Stat.
+Uniforms take the top 52 bits, offset by half a unit: ``u = (bits >> 12 + 0.5)·2^-52`` is
+exact in float64 (53 significant bits) and lies strictly inside (0, 1), from 2^-53 to
+1 − 2^-53. Normals come from the 256-layer ziggurat of Marsaglia & Tsang (J. Stat.
 Softw. 5(8), 2000), in the form of Doornik (2005): the low 8 bits of a counter's word pick the
-layer and its top 53 bits the abscissa, so about 99 % of normals cost one hash, one table
+layer and its top 52 bits the abscissa, so about 99 % of normals cost one hash, one table
 look-up and one compare. The rare wedge and tail cases draw further words
 ``mix(bits + j·γ_retry)``, j = 1, 2, …, so a normal is still a pure function of its counter,
 and one counter gives exactly one normal. (``inverse_normal_cdf`` (AS 241) is kept for
@@ -41,9 +42,9 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
-_S11 = np.uint64(11)
+_S12 = np.uint64(12)
 _ONE = np.uint64(1)
-_TWO_M53 = 1.0 / 9007199254740992.0
+_TWO_M52 = 1.0 / 4503599627370496.0
 _GAMMA_RETRY = np.uint64(0xC2B2AE3D27D4EB4F)
 _LAYER_MASK = np.uint64(255)
 
@@ -107,7 +108,7 @@ def origin_bits(origin, counter):
 @njit(cache=True, inline="always")
 def bits_to_uniform(bits):
     """Map 64 bits to a float64 strictly inside (0, 1)."""
-    return (np.float64(bits >> _S11) + 0.5) * _TWO_M53
+    return (np.float64(bits >> _S12) + 0.5) * _TWO_M52
 
 
 @njit(cache=True, inline="always")
