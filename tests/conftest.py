@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numba
 import numpy as np
 import pytest
 
@@ -196,3 +197,13 @@ def imcsim_cmd() -> list[str]:
     """The console script, or ``python -m imcsim`` when it is not on PATH."""
     exe = shutil.which("imcsim")
     return [exe] if exe else [sys.executable, "-m", "imcsim"]
+
+
+@pytest.fixture
+def restore_threads():
+    """Let a test change numba's thread count; skip where fewer than 2 threads exist."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 Numba threads")
+    saved = numba.get_num_threads()
+    yield
+    numba.set_num_threads(saved)

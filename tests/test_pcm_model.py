@@ -26,15 +26,6 @@ JOSHI = pcm.JOSHI_2020
 HERMES = pcm.HERMES_2023
 
 
-@pytest.fixture
-def restore_threads():
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs at least 2 Numba threads")
-    saved = numba.get_num_threads()
-    yield
-    numba.set_num_threads(saved)
-
-
 def censored_normal_mean_std(mu, sigma):
     """Mean and std of max(0, X), X ~ N(mu, sigma²) (the clip of every conductance at 0 S):
     E[Y] = μΦ(c) + σφ(c), E[Y²] = (μ² + σ²)Φ(c) + μσφ(c), c = μ/σ."""

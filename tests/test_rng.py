@@ -79,15 +79,6 @@ def big_uniforms():
     return rng.uniforms(20240601, rng.STREAM_INPUT, N_BIG)
 
 
-@pytest.fixture
-def restore_threads():
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs at least 2 Numba threads")
-    saved = numba.get_num_threads()
-    yield
-    numba.set_num_threads(saved)
-
-
 # ----------------------------------------------------------------------------------------
 # Moments
 
