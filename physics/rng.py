@@ -180,13 +180,24 @@ def _ziggurat_slow(bits, i, u):
 
 
 @njit(cache=True, inline="always")
-def ziggurat_normal(bits):
-    """N(0, 1) from one 64-bit word (and, rarely, words derived from it)."""
+def ziggurat_fast_path(bits):
+    """(value, accepted) of the ziggurat's fast path for one 64-bit word.
+
+    Branch-free, so loops over it vectorise; where ``accepted`` is False (about 1 % of
+    words) the draw is ``ziggurat_normal(bits)``, which then takes the slow path.
+    """
     i = np.int64(bits & _LAYER_MASK)
     u = 2.0 * bits_to_uniform(bits) - 1.0
-    if abs(u) < _ZIG_RATIO[i]:
-        return u * _ZIG_X[i]
-    return _ziggurat_slow(bits, i, u)
+    return u * _ZIG_X[i], abs(u) < _ZIG_RATIO[i]
+
+
+@njit(cache=True, inline="always")
+def ziggurat_normal(bits):
+    """N(0, 1) from one 64-bit word (and, rarely, words derived from it)."""
+    z, accepted = ziggurat_fast_path(bits)
+    if accepted:
+        return z
+    return _ziggurat_slow(bits, np.int64(bits & _LAYER_MASK), 2.0 * bits_to_uniform(bits) - 1.0)
 
 
 @njit(cache=True, inline="always")
