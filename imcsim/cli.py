@@ -103,6 +103,38 @@ def info(trace):
 
 @main.command()
 @click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("series")
+@click.option("--t-min", type=float, default=float("-inf"), help="first time (s)")
+@click.option("--t-max", type=float, default=float("inf"), help="last time (s)")
+def query(trace, series, t_min, t_max):
+    """Print SERIES of TRACE as a table: its values for a scalar series, else per-sample
+    mean, std, min and max over the sample's entries."""
+    from imcsim.store import Trace
+
+    try:
+        tr = Trace(trace)
+    except InputError as exc:
+        _fail(str(exc))
+    with tr:
+        try:
+            s = tr.series(series, t_min, t_max)
+        except KeyError as exc:
+            _fail(str(exc.args[0]))
+        click.echo(f"# {series}: {s.description} [{s.units}]")
+        if s.data.ndim == 1:
+            click.echo(f"{'t (s)':>14} {series:>16}")
+            for t, v in zip(s.t, s.data):
+                click.echo(f"{t:14.6g} {v:16.8g}")
+            return
+        flat = s.data.reshape(s.data.shape[0], -1)
+        click.echo(f"{'t (s)':>14} {'mean':>14} {'std':>14} {'min':>14} {'max':>14}")
+        for t, row in zip(s.t, flat):
+            click.echo(f"{t:14.6g} {row.mean():14.6g} {row.std():14.6g} {row.min():14.6g} "
+                       f"{row.max():14.6g}")
+
+
+@main.command()
+@click.argument("trace", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="figure file (.png, .svg, .pdf)")
 def plot(trace, out):

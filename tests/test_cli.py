@@ -666,3 +666,23 @@ def test_sigkill_during_overwrite_keeps_old_file(write_scenario, tmp_path, tiny_
     with Trace(partial) as tr:
         assert tr.status == "interrupted" and tr.attrs["run_name"] == "slow"
         assert json.loads(tr.attrs["scenario_resolved"])["run"]["name"] == "slow"
+
+
+def test_query_prints_scalar_series_and_summaries(tiny_trace):
+    from imcsim.store import Trace
+
+    with Trace(tiny_trace) as tr:
+        err = tr.series("mvm_error")
+        nu = tr.series("nu")
+    res = invoke("query", tiny_trace, "mvm_error")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("# mvm_error") and lines[1].split() == ["t", "(s)", "mvm_error"]
+    values = np.array([[float(v) for v in line.split()] for line in lines[2:]])
+    assert np.allclose(values[:, 0], err.t, rtol=1e-6)
+    assert np.allclose(values[:, 1], err.data, rtol=1e-7)
+    res = invoke("query", tiny_trace, "nu")
+    mean = float(res.output.splitlines()[2].split()[1])
+    assert mean == pytest.approx(nu.data[0].mean(), rel=1e-5)
+    res = invoke("query", tiny_trace, "no_such_series")
+    assert res.exit_code == 2 and "no series 'no_such_series'" in res.stderr
