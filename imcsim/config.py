@@ -326,9 +326,6 @@ class VerifySection:
         return pcm.VerifyPolicy(**to_dict(self))
 
 
-STEP_KINDS = ("program", "refresh", "reset", "wait", "read", "mvm", "calibrate")
-
-
 @dataclass(frozen=True)
 class Step:
     """One step of the timeline, in file order.

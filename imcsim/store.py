@@ -51,13 +51,17 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _chunks(shape: tuple[int, ...], itemsize: int, target_bytes: int = 1 << 20):
-    """Chunk shape: one time sample per chunk row, samples split until ≲ 1 MiB."""
-    sample = list(shape[1:])
+def _chunks(sample_shape: tuple[int, ...], itemsize: int, n_hint: int | None,
+            target_bytes: int = 1 << 20):
+    """Chunk shape ≲ 1 MiB: small samples share a chunk along time (up to the expected
+    count), a sample larger than the target is split along its longest axes."""
+    sample = list(sample_shape)
     while sample and int(np.prod(sample)) * itemsize > target_bytes:
         k = int(np.argmax(sample))
         sample[k] = max(1, sample[k] // 2)
-    return (1, *sample)
+    sample_bytes = max(int(np.prod(sample)) * itemsize, 1)
+    rows = max(1, min(n_hint or 64, target_bytes // sample_bytes))
+    return (rows, *sample)
 
 
 class TraceWriter:
@@ -118,14 +122,14 @@ class TraceWriter:
 
     def declare_series(self, name: str, sample_shape: tuple[int, ...], dtype, units: str,
                        description: str, n: int | None = None):
-        """Declare a time series of samples of ``sample_shape``; ``n`` samples if known."""
+        """Declare a time series of samples of ``sample_shape``; ``n``: expected number of
+        samples (sizes the chunks; the series still grows past it)."""
         self._check_declaring()
         g = self._file.require_group("series").create_group(name)
         shape = (0, *sample_shape)
         dtype = np.dtype(dtype)
         data = g.create_dataset("data", shape=shape, maxshape=(None, *sample_shape),
-                                dtype=dtype, chunks=_chunks((n or 1, *sample_shape),
-                                                            dtype.itemsize),
+                                dtype=dtype, chunks=_chunks(sample_shape, dtype.itemsize, n),
                                 compression="gzip", shuffle=True, fillvalue=np.nan)
         data.attrs["units"] = units
         data.attrs["description"] = description

@@ -45,7 +45,7 @@ read-noise terms (the convention of IBM's aihwkit ``PCMLikeNoiseModel``), so G(t
 For τ ≫ t0 the two agree.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -165,7 +165,6 @@ class DeviceParams:
     dg0: np.ndarray  # S
     g_sat: np.ndarray  # S
     g_reset: np.ndarray  # S
-    units: dict = field(default_factory=lambda: {"dg0": "S", "g_sat": "S", "g_reset": "S"})
 
 
 # ----------------------------------------------------------------------------------------
