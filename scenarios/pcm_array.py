@@ -18,14 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imcsim.config import LoadedScenario, resolve_path
+from imcsim.config import MAX_PULSES, LoadedScenario, resolve_path
 from imcsim.engine import Event
 from imcsim.errors import InputError
 from imcsim.physics import crossbar, pcm, rng
 from imcsim.store import TraceWriter
 
-# Counter layout: an event owns counters [index·2^20, (index+1)·2^20) for its pulses.
-_COUNTERS_PER_EVENT = 1 << 20
+# Counter layout: an event owns counters [index·2^20, (index+1)·2^20) for its pulses
+# (MAX_PULSES bounds the budget); the as-fabricated state uses one no event reaches.
+_COUNTERS_PER_EVENT = MAX_PULSES
+_INITIAL_COUNTER = np.uint64(1 << 63)
 _INPUT_MVM = 0
 _INPUT_CALIBRATION = 1
 
@@ -96,11 +98,11 @@ class PCMArraySimulation:
         # Devices start RESET at t = 0 with the drift state of the amorphous phase.
         self.g_prog = np.empty(n)
         pcm.apply_reset(self.g_prog, self.params.g_reset, self.pulse.sigma_reset, self.seed,
-                        np.uint64(0xFFFFFFFF))
+                        _INITIAL_COUNTER)
         self.t_prog = np.zeros(n)
         self.nu = np.empty(n)
         self.q_s = np.empty(n)
-        self._draw_drift_state(self.g_prog, self.g_prog, np.uint64(0xFFFFFFFF))
+        self._draw_drift_state(self.g_prog, self.g_prog, _INITIAL_COUNTER)
         self.pulses_total = np.zeros(n, dtype=np.int64)
         self.last_program: _Programmed | None = None
         self.subset = self._choose_subset(sc.record.subset, n)
