@@ -3,9 +3,11 @@
 The whole timeline is known before the run starts (scenario times do not depend on random
 outcomes), so it is built once and sorted by (time, step, position in step): simultaneous
 events keep file order, as in SimPy's (time, priority, sequence) queue. Consecutive
-observations of one kind (reads, MVMs) that no state-changing event separates are handed to
-the simulation as one batch, so one kernel call evaluates the closed-form drift at many times.
-Nothing steps through idle time: a year of waiting costs one subtraction.
+observations (reads, MVMs, calibrations) that no state-changing event separates are handed
+to the simulation as one batch, so one kernel call evaluates the closed-form drift of every
+device at all their times; the simulation then handles them one by one in time order.
+Nothing steps through idle time: a year of waiting costs one subtraction. Random draws are
+keyed on each event's index, so how events are batched never changes a result.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Protocol
 from imcsim.config import Scenario, time_values
 
 STATE_CHANGING = ("program", "refresh", "reset")
-BATCHABLE = ("read", "mvm")
+OBSERVATIONS = ("read", "mvm", "calibrate")
 
 
 @dataclass(frozen=True, order=True)
@@ -72,11 +74,13 @@ def build_timeline(scenario: Scenario, t_pulse: float) -> list[Event]:
     return [Event(e.t, e.step, e.seq, e.kind, e.full, i) for i, e in enumerate(events)]
 
 
-def batches(events: list[Event]) -> list[list[Event]]:
-    """Group consecutive events of one batchable kind; every other event stands alone."""
+def batches(events: list[Event], max_batch: int | None = None) -> list[list[Event]]:
+    """Group consecutive observations, at most ``max_batch`` per group; every state-changing
+    event stands alone."""
     out: list[list[Event]] = []
     for e in events:
-        if out and e.kind in BATCHABLE and out[-1][0].kind == e.kind:
+        if (out and e.kind in OBSERVATIONS and out[-1][0].kind in OBSERVATIONS
+                and (max_batch is None or len(out[-1]) < max_batch)):
             out[-1].append(e)
         else:
             out.append([e])
@@ -84,14 +88,17 @@ def batches(events: list[Event]) -> list[list[Event]]:
 
 
 class Simulation(Protocol):
-    """What the engine dispatches to: one method per event kind, taking a batch."""
+    """What the engine dispatches to: ``handle`` takes one batch; ``max_batch`` bounds the
+    observations evaluated together (memory)."""
+
+    max_batch: int | None
 
     def handle(self, batch: list[Event]) -> None: ...
 
 
 def run_events(sim: Simulation, events: list[Event], progress=None) -> None:
     """Dispatch every batch in time order; ``progress(n)`` is told of each n events done."""
-    for batch in batches(events):
+    for batch in batches(events, sim.max_batch):
         sim.handle(batch)
         if progress is not None:
             progress(len(batch))

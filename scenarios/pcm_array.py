@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imcsim.config import MAX_PULSES, LoadedScenario, resolve_path
-from imcsim.engine import Event
+from imcsim.engine import STATE_CHANGING, Event
 from imcsim.errors import InputError
 from imcsim.physics import crossbar, pcm, rng
 from imcsim.store import TraceWriter
@@ -115,6 +115,8 @@ class PCMArraySimulation:
         self.gdc_batch = 0
         self.first_program_error = np.nan
         self.n_mvm_done = 0
+        # Observations read together hold n_events × n_devices conductances: ≤ 256 MiB.
+        self.max_batch = max(1, (1 << 25) // n)
 
     # -- set-up -------------------------------------------------------------------------
     def _choose_subset(self, k: int, n: int) -> np.ndarray:
@@ -185,8 +187,13 @@ class PCMArraySimulation:
 
     # -- dispatch -----------------------------------------------------------------------
     def handle(self, batch: list[Event]):
-        kind = batch[0].kind
-        getattr(self, f"_on_{kind}")(batch)
+        """A state change alone, or observations: one read of all devices at all their
+        times, then each observation in time order."""
+        if batch[0].kind in STATE_CHANGING:
+            getattr(self, f"_on_{batch[0].kind}")(batch)
+        else:
+            for e, g in zip(batch, self.read_at(batch)):
+                getattr(self, f"_observe_{e.kind}")(e, g)
         for e in batch:
             self.writer.log_event(e.t, e.kind, e.step, self.g_prog.size)
         self.writer.flush()
@@ -270,42 +277,36 @@ class PCMArraySimulation:
         crossbar.mvm_differential(g[0], g[1], x, self.weight_per_siemens, y)
         return y
 
-    def _on_read(self, batch):
-        g = self.read_at(batch)
-        for e, g_t in zip(batch, g):
-            self.writer.append("conductance_subset", e.t, g_t[self.subset])
-            if e.full:
-                self.writer.append("conductance", e.t, g_t.reshape(self.shape))
+    def _observe_read(self, e: Event, g):
+        self.writer.append("conductance_subset", e.t, g[self.subset])
+        if e.full:
+            self.writer.append("conductance", e.t, g.reshape(self.shape))
 
-    def _on_calibrate(self, batch):
-        (e,) = batch
+    def _observe_calibrate(self, e: Event, g):
         step = self.sc.timeline[e.step]
-        g = self.read_at(batch)[0]
         y_cal = self._mvm(g, self.x_cal[:step.batch])
         self.gdc_reference = float(np.mean(np.abs(y_cal)))
         self.gdc_batch = step.batch
 
-    def _on_mvm(self, batch):
-        g_all = self.read_at(batch)
+    def _observe_mvm(self, e: Event, g):
         w = self.writer
-        for e, g in zip(batch, g_all):
-            b = self.sc.timeline[e.step].batch
-            y = self._mvm(g, self.x_mvm[:b])
-            err = relative_error(y, self.y_ideal[:b])
-            alpha = np.nan
-            if np.isfinite(self.gdc_reference):
-                y_cal = self._mvm(g, self.x_cal[:self.gdc_batch])
-                alpha = self.gdc_reference / float(np.mean(np.abs(y_cal)))
-            err_gdc = relative_error(alpha * y, self.y_ideal[:b]) if np.isfinite(alpha) else err
-            w.append("mvm_error", e.t, err)
-            w.append("mvm_error_gdc", e.t, err_gdc)
-            w.append("gdc_alpha", e.t, alpha)
-            if self.sc.record.store_outputs:
-                out = np.full(self.y_ideal.shape, np.nan)
-                out[:b] = y
-                w.append("mvm_output", e.t, out)
-            if self.n_mvm_done == 0:
-                w.set_metric("mvm_error_first", err)
-            self.n_mvm_done += 1
-            w.set_metric("mvm_error_last", err)
-            w.set_metric("mvm_error_gdc_last", err_gdc)
+        b = self.sc.timeline[e.step].batch
+        y = self._mvm(g, self.x_mvm[:b])
+        err = relative_error(y, self.y_ideal[:b])
+        alpha = np.nan
+        if np.isfinite(self.gdc_reference):
+            y_cal = self._mvm(g, self.x_cal[:self.gdc_batch])
+            alpha = self.gdc_reference / float(np.mean(np.abs(y_cal)))
+        err_gdc = relative_error(alpha * y, self.y_ideal[:b]) if np.isfinite(alpha) else err
+        w.append("mvm_error", e.t, err)
+        w.append("mvm_error_gdc", e.t, err_gdc)
+        w.append("gdc_alpha", e.t, alpha)
+        if self.sc.record.store_outputs:
+            out = np.full(self.y_ideal.shape, np.nan)
+            out[:b] = y
+            w.append("mvm_output", e.t, out)
+        if self.n_mvm_done == 0:
+            w.set_metric("mvm_error_first", err)
+        self.n_mvm_done += 1
+        w.set_metric("mvm_error_last", err)
+        w.set_metric("mvm_error_gdc_last", err_gdc)

@@ -424,14 +424,14 @@ def test_overwrite_replaces_only_after_completion(tiny_scenario, tiny_trace, tmp
     digest = file_hash(out)
     partial = tmp_path / ".out.h5.partial"
     seen = []
-    original = PCMArraySimulation._on_mvm
+    original = PCMArraySimulation._observe_mvm
 
-    def spy(self, batch):
+    def spy(self, event, g):
         # Mid-run: the old file is untouched and the new run goes elsewhere.
         seen.append((file_hash(out) == digest, partial.exists()))
-        return original(self, batch)
+        return original(self, event, g)
 
-    monkeypatch.setattr(PCMArraySimulation, "_on_mvm", spy)
+    monkeypatch.setattr(PCMArraySimulation, "_observe_mvm", spy)
     result = invoke("run", tiny_scenario, "-o", out, "--overwrite", "--seed", "99")
     assert result.exit_code == 0, (result.output, result.exception)
     assert seen and all(same and part for same, part in seen)
@@ -447,10 +447,10 @@ def test_failed_overwrite_keeps_old_file(tiny_scenario, tiny_trace, tmp_path, mo
     shutil.copyfile(tiny_trace, out)
     digest = file_hash(out)
 
-    def boom(self, batch):
+    def boom(self, event, g):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(PCMArraySimulation, "_on_mvm", boom)
+    monkeypatch.setattr(PCMArraySimulation, "_observe_mvm", boom)
     result = invoke("run", tiny_scenario, "-o", out, "--overwrite")
     assert result.exit_code != 0
     assert isinstance(result.exception, RuntimeError)
@@ -461,10 +461,10 @@ def test_failed_overwrite_keeps_old_file(tiny_scenario, tiny_trace, tmp_path, mo
 def test_failure_inside_run_marks_trace_failed(tiny_scenario, tmp_path, monkeypatch):
     out = tmp_path / "out.h5"
 
-    def boom(self, batch):
+    def boom(self, event, g):
         raise RuntimeError("injected failure at mvm")
 
-    monkeypatch.setattr(PCMArraySimulation, "_on_mvm", boom)
+    monkeypatch.setattr(PCMArraySimulation, "_observe_mvm", boom)
     result = invoke("run", tiny_scenario, "-o", out)
     assert result.exit_code != 0
     assert isinstance(result.exception, RuntimeError)

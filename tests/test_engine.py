@@ -21,7 +21,7 @@ from imcsim.config import (
     time_values,
     to_dict,
 )
-from imcsim.engine import BATCHABLE, Event, batches, build_timeline, step_duration
+from imcsim.engine import OBSERVATIONS, Event, batches, build_timeline, step_duration
 from imcsim.runner import default_scenario_path, run_scenario
 from imcsim.store import Trace
 
@@ -154,10 +154,12 @@ def test_batches_group_observations_between_state_changes():
     assert [[e.kind for e in b] for b in groups] == [
         ["program"], ["read", "read"], ["program"], ["refresh"], ["reset"], ["mvm"],
         ["program"], ["calibrate"], ["refresh"], ["read"]]
+    # the same with a cap of one observation per batch
+    assert [len(b) for b in batches(events, 1)] == [1] * len(events)
     assert [e for b in groups for e in b] == events
 
 
-def test_batches_merge_across_steps_but_not_across_kinds_or_state_changes():
+def test_batches_merge_observations_across_steps_and_kinds_but_not_state_changes():
     events = timeline_of("""
         [[timeline]]
         kind = "read"
@@ -178,16 +180,15 @@ def test_batches_merge_across_steps_but_not_across_kinds_or_state_changes():
         kind = "reset"
     """, t_pulse=0.25)
     groups = batches(events)
-    shape = [(b[0].kind, [e.t for e in b]) for b in groups]
+    shape = [[(e.kind, e.t) for e in b] for b in groups]
     assert shape == [
-        ("read", [1.0, 1.5, 2.0, 3.0]),  # two steps, one batch
-        ("mvm", [3.5, 4.0]),
-        ("read", [5.0]),
-        ("mvm", [6.0]),
-        ("read", [7.0]),
-        ("reset", [7.5]),  # the reset splits the reads at 7 and 8
-        ("read", [8.0]),
+        # reads of two steps and interleaved MVMs: one batch, in time order
+        [("read", 1.0), ("read", 1.5), ("read", 2.0), ("read", 3.0), ("mvm", 3.5),
+         ("mvm", 4.0), ("read", 5.0), ("mvm", 6.0), ("read", 7.0)],
+        [("reset", 7.5)],  # the reset splits the reads at 7 and 8
+        [("read", 8.0)],
     ]
+    assert [len(b) for b in batches(events, 4)] == [4, 4, 1, 1, 1]
 
 
 @pytest.mark.parametrize("kind", ["program", "refresh", "reset"])
@@ -272,13 +273,17 @@ def test_timeline_properties(steps, t_pulse):
             assert [e.t for e in mine] == pytest.approx([cursor + t for t in offsets])
             assert [e.full for e in mine] == [t in full for t in offsets]
 
-    groups = batches(events)
-    assert [e for b in groups for e in b] == events
-    for b in groups:
-        assert len({e.kind for e in b}) == 1
-        assert len(b) == 1 or b[0].kind in BATCHABLE
-    for a, b in itertools.pairwise(groups):
-        assert not (a[0].kind == b[0].kind and a[0].kind in BATCHABLE)
+    for cap in (None, 1, 3):
+        groups = batches(events, cap)
+        assert [e for b in groups for e in b] == events
+        for b in groups:
+            # a batch is one state change, or observations only, at most `cap` of them
+            assert len(b) == 1 or all(e.kind in OBSERVATIONS for e in b)
+            assert cap is None or len(b) <= cap
+        for a, b in itertools.pairwise(groups):
+            # maximal: two observation batches touch only where the cap split them
+            if a[0].kind in OBSERVATIONS and b[0].kind in OBSERVATIONS:
+                assert cap is not None and len(a) == cap
 
 
 # ----------------------------------------------------------------------------------------
@@ -460,3 +465,21 @@ def test_overrides_reach_the_models():
 def test_stored_scenario_matches_the_file(tiny_trace, tiny_toml):
     with Trace(tiny_trace) as tr:
         assert from_dict(Scenario, tr.scenario, "") == parse_scenario(tiny_toml).scenario
+
+
+def test_batching_never_changes_a_result(tiny_scenario, tmp_path, monkeypatch, read_datasets):
+    """Observations evaluated all at once or one by one give the same bytes: every draw is
+    keyed on its event, not on its batch."""
+    from imcsim.runner import run_scenario
+    from imcsim.scenarios.pcm_array import PCMArraySimulation
+
+    together = run_scenario(tiny_scenario, tmp_path / "together.h5")
+    original_init = PCMArraySimulation.__init__
+
+    def one_by_one(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.max_batch = 1
+
+    monkeypatch.setattr(PCMArraySimulation, "__init__", one_by_one)
+    alone = run_scenario(tiny_scenario, tmp_path / "alone.h5")
+    assert read_datasets(together) == read_datasets(alone)
