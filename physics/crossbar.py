@@ -6,6 +6,9 @@ is the |w| that maps to g_max; larger |w| is clipped. Arrays are indexed ``[row,
 rows the inputs (word lines) and columns the outputs (bit lines), so y = Wᵀ·x per column.
 """
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 from numba import njit, prange
 
@@ -21,21 +24,110 @@ def conductances_to_weights(g_plus, g_minus, weight_scale: float, g_max: float):
     return (g_plus - g_minus) * (weight_scale / g_max)
 
 
-@njit(cache=True, parallel=True)
-def mvm_differential(g_plus, g_minus, x, scale, out):
-    """out[b, j] = scale·Σ_i (G⁺[i, j] − G⁻[i, j])·x[b, i], accumulated in float64.
+_BATCH_BLOCK = 4  # input vectors sharing each weight row load in matmul
 
-    Each output row is summed by one thread in a fixed order over i, so the result does not
-    depend on the thread count. With ``scale = weight_scale/g_max`` it is in weight units.
+
+@njit(cache=True, parallel=True)
+def matmul(x, w, out):
+    """out[b, j] = Σ_i x[b, i]·w[i, j] in float64, summed over i in index order.
+
+    Blocks of input vectors share each row of w (register blocking), so the kernel runs
+    near BLAS speed for tile sizes, while every output element is summed by one thread in a
+    fixed order: the result does not depend on the thread count or the batch size.
     """
-    n_rows, n_cols = g_plus.shape
-    for b in prange(x.shape[0]):
-        acc = np.zeros(n_cols)
+    n_rows, n_cols = w.shape
+    n_batch = x.shape[0]
+    for blk in prange((n_batch + _BATCH_BLOCK - 1) // _BATCH_BLOCK):
+        b0 = blk * _BATCH_BLOCK
+        m = min(_BATCH_BLOCK, n_batch - b0)
+        acc = np.zeros((_BATCH_BLOCK, n_cols))
         for i in range(n_rows):
-            xi = x[b, i]
-            if xi == 0.0:
-                continue
+            for bb in range(m):
+                xi = x[b0 + bb, i]
+                for j in range(n_cols):
+                    acc[bb, j] += w[i, j] * xi
+        for bb in range(m):
             for j in range(n_cols):
-                acc[j] += (g_plus[i, j] - g_minus[i, j]) * xi
+                out[b0 + bb, j] = acc[bb, j]
+
+
+@njit(cache=True, parallel=True)
+def matmul_tn(x, e, out):
+    """out[i, j] = Σ_b x[b, i]·e[b, j] (xᵀ·e), summed over b in index order, per row i."""
+    n_batch, n_rows = x.shape
+    n_cols = e.shape[1]
+    for i in prange(n_rows):
+        acc = np.zeros(n_cols)
+        for b in range(n_batch):
+            xi = x[b, i]
+            for j in range(n_cols):
+                acc[j] += xi * e[b, j]
         for j in range(n_cols):
-            out[b, j] = acc[j] * scale
+            out[i, j] = acc[j]
+
+
+def mvm_differential(g_plus, g_minus, x, scale, out):
+    """out[b, j] = scale·Σ_i (G⁺[i, j] − G⁻[i, j])·x[b, i] (deterministic, float64).
+
+    With x in volts and ``scale = 1`` it gives column currents in A; with dimensionless x and
+    ``scale = weight_scale/g_max``, outputs in weight units.
+    """
+    matmul(x, (g_plus - g_minus) * scale, out)
+
+
+@dataclass(frozen=True)
+class Periphery:
+    """Input DAC and output ADC of a tile (SI units).
+
+    Attributes:
+        dac_bits: signed DAC resolution, 2^(b−1) − 1 levels per sign (0: ideal inputs).
+        input_range: |x| mapped to the DAC's full scale; larger inputs saturate.
+        encoding: "amplitude" (voltage levels) or "pwm" (fixed ±v_read for a time ∝ |x|).
+            For devices with a linear I–V and no IR drop both integrate the same charge, so
+            they give the same outputs; they differ once wire resistance is modelled.
+        v_read: read voltage of a full-scale input, V.
+        adc_bits: signed ADC resolution, 2^(b−1) − 1 codes per sign (0: ideal outputs).
+        adc_full_scale: column current at the ADC's largest code, A; larger currents clip.
+    """
+
+    dac_bits: int = 8
+    input_range: float = 1.0
+    encoding: Literal["amplitude", "pwm"] = "amplitude"
+    v_read: float = 0.2
+    adc_bits: int = 8
+    adc_full_scale: float = 1e-4
+
+
+def dac(x, periphery: Periphery):
+    """Normalised DAC output x_q ∈ [−1, 1] for inputs ``x`` (the row voltage is v_read·x_q):
+    x_q = round(clip(x/input_range, −1, 1)·Q)/Q with Q = 2^(bits−1) − 1."""
+    x_n = np.clip(np.asarray(x, dtype=float) / periphery.input_range, -1.0, 1.0)
+    if periphery.dac_bits <= 0:
+        return x_n
+    levels = 2 ** (periphery.dac_bits - 1) - 1
+    return np.round(x_n * levels) / levels
+
+
+def adc(current, periphery: Periphery):
+    """Column currents (A) as the ADC reports them: round(I/LSB)·LSB clipped to ±Q·LSB,
+    LSB = adc_full_scale/Q, Q = 2^(bits−1) − 1."""
+    current = np.asarray(current, dtype=float)
+    if periphery.adc_bits <= 0:
+        return current
+    levels = 2 ** (periphery.adc_bits - 1) - 1
+    lsb = periphery.adc_full_scale / levels
+    return np.clip(np.round(current / lsb), -levels, levels) * lsb
+
+
+def tile_mvm(g_plus, g_minus, x, periphery: Periphery, weight_scale: float, g_max: float):
+    """Outputs of a differential tile for inputs ``x`` (batch, rows), in weight units.
+
+    DAC -> row voltages V = v_read·x_q -> column currents I = (G⁺ − G⁻)ᵀ·V (A) -> ADC ->
+    digital rescale y = I_adc·(input_range/v_read)·(weight_scale/g_max). The conductances
+    are whatever the device model reads at the MVM time (drift, read noise).
+    """
+    volts = periphery.v_read * dac(x, periphery)
+    current = np.empty((volts.shape[0], g_plus.shape[1]))
+    mvm_differential(g_plus, g_minus, volts, 1.0, current)
+    digital = periphery.input_range / periphery.v_read * weight_scale / g_max
+    return adc(current, periphery) * digital
