@@ -51,19 +51,30 @@ def matmul(x, w, out):
                 out[b0 + bb, j] = acc[bb, j]
 
 
+_ROW_BLOCK = 8  # rows of xᵀ sharing each row load of e in matmul_tn
+
+
 @njit(cache=True, parallel=True)
 def matmul_tn(x, e, out):
-    """out[i, j] = Σ_b x[b, i]·e[b, j] (xᵀ·e), summed over b in index order, per row i."""
+    """out[i, j] = Σ_b x[b, i]·e[b, j] (xᵀ·e), summed over b in index order.
+
+    Blocks of output rows share each row of e; every element is summed by one thread in a
+    fixed order, so the result does not depend on the thread count.
+    """
     n_batch, n_rows = x.shape
     n_cols = e.shape[1]
-    for i in prange(n_rows):
-        acc = np.zeros(n_cols)
+    for blk in prange((n_rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        i0 = blk * _ROW_BLOCK
+        m = min(_ROW_BLOCK, n_rows - i0)
+        acc = np.zeros((_ROW_BLOCK, n_cols))
         for b in range(n_batch):
-            xi = x[b, i]
+            for ii in range(m):
+                xi = x[b, i0 + ii]
+                for j in range(n_cols):
+                    acc[ii, j] += xi * e[b, j]
+        for ii in range(m):
             for j in range(n_cols):
-                acc[j] += xi * e[b, j]
-        for j in range(n_cols):
-            out[i, j] = acc[j]
+                out[i0 + ii, j] = acc[ii, j]
 
 
 def mvm_differential(g_plus, g_minus, x, scale, out):

@@ -290,6 +290,85 @@ def program_verify(g_target, g, dg0_d, g_sat_d, g_reset_d, dg0_nominal, g_sat_no
         converged_out[i] = ok
 
 
+@njit(cache=True, parallel=True)
+def program_verify_pairs(target, g, dg0_d, g_sat_d, g_reset_d, dg0_nominal, g_sat_nominal,
+                         sigma_c2c, sigma_reset, tolerance, max_pulses, read_noise,
+                         read_resolution, step_fraction, s_min, seed, counter0, pulses_out,
+                         converged_out):
+    """Differential program-and-verify of pairs toward signed targets G⁺ − G⁻ = ``target`` (S).
+
+    ``g`` and the device parameters hold 2·n devices: G⁺ of pair k at index k, G⁻ at n + k
+    (the flat [pair, row, col] layout). Per pair: RESET both, then repeat {read both devices
+    (each with additive noise σ_v and quantised to the read resolution); stop if the read
+    difference is within ``tolerance`` of the target; otherwise SET the device that moves
+    the difference toward the target (G⁺ if it is too low, G⁻ if too high), with the
+    amplitude that aims at ``step_fraction`` of the error from the nominal increment at its
+    read state; a device whose nominal increment has fallen below 5 % of Δg_0 (saturated)
+    makes the pair RESET and start again}. This is the strong per-cell baseline of
+    Büchel et al.: an overshoot is corrected by pulsing the partner, not by RESET. Each
+    device has a budget of ``max_pulses`` pulses (RESETs included); the pair stops when the
+    device it needs is out of budget. Pulse k of a device draws its noise at counter0 + k,
+    verify read r of the pair at counter0 + r (streams SET, RESET, VERIFY).
+    """
+    n = target.size
+    key_set = rng.stream_key(seed, rng.STREAM_SET)
+    key_reset = rng.stream_key(seed, rng.STREAM_RESET)
+    key_read = rng.stream_key(seed, rng.STREAM_VERIFY)
+    inv_gsat_nominal = 1.0 / g_sat_nominal
+    for k in prange(n):
+        dev = np.empty(2, dtype=np.int64)
+        dev[0] = k
+        dev[1] = n + k
+        o_set = np.empty(2, dtype=np.uint64)
+        o_reset = np.empty(2, dtype=np.uint64)
+        o_read = np.empty(2, dtype=np.uint64)
+        for d in range(2):
+            o_set[d] = rng.index_origin(key_set, dev[d])
+            o_reset[d] = rng.index_origin(key_reset, dev[d])
+            o_read[d] = rng.index_origin(key_read, dev[d])
+        gv = np.empty(2)
+        used = np.zeros(2, dtype=np.int64)
+        for d in range(2):
+            gv[d] = reset_conductance(g_reset_d[dev[d]], sigma_reset,
+                                      rng.origin_normal(o_reset[d], counter0))
+            used[d] = 1
+        ok = False
+        r = 1
+        while True:
+            reads = np.empty(2)
+            for d in range(2):
+                v = gv[d] + read_noise * rng.origin_normal(o_read[d], counter0 + r)
+                if read_resolution > 0.0:
+                    v = np.floor(v / read_resolution + 0.5) * read_resolution
+                reads[d] = v
+            r += 1
+            err = target[k] - (reads[0] - reads[1])
+            if abs(err) <= tolerance:
+                ok = True
+                break
+            d = 0 if err > 0.0 else 1
+            expected = dg0_nominal * (1.0 - reads[d] * inv_gsat_nominal)
+            if expected < 0.05 * dg0_nominal:
+                if used[0] >= max_pulses or used[1] >= max_pulses:
+                    break
+                for dd in range(2):
+                    gv[dd] = reset_conductance(g_reset_d[dev[dd]], sigma_reset,
+                                               rng.origin_normal(o_reset[dd],
+                                                                 counter0 + used[dd]))
+                    used[dd] += 1
+                continue
+            if used[d] >= max_pulses:
+                break
+            s = min(max(step_fraction * abs(err) / expected, s_min), 1.0)
+            gv[d] = set_pulse(gv[d], s, dg0_d[dev[d]], 1.0 / g_sat_d[dev[d]], sigma_c2c,
+                              rng.origin_normal(o_set[d], counter0 + used[d]))
+            used[d] += 1
+        for d in range(2):
+            g[dev[d]] = gv[d]
+            pulses_out[dev[d]] = used[d]
+        converged_out[k] = ok
+
+
 # ----------------------------------------------------------------------------------------
 # Statistical model
 
