@@ -9,7 +9,7 @@ against this digital baseline. Everything here is numpy (float64) and determinis
   them; nothing is ever downloaded.
 * :func:`train_mlp` — an MLP (ReLU hidden layers, softmax cross-entropy) trained by minibatch
   Adam or SGD with momentum; the same seed gives bit-identical weights on the same machine
-  and BLAS thread configuration.
+  whatever the BLAS thread count.
 * :func:`forward` / :func:`accuracy` — inference with an optional hook
   ``matmul(layer_index, x, W) -> y`` that replaces the product ``x @ W`` of each layer, so a
   simulated analog tile can stand in for it. Biases are added digitally after the hook.
@@ -23,12 +23,14 @@ numpy's ``Generator`` is used rather than the counter-based streams of ``imcsim.
 from __future__ import annotations
 
 import gzip
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 MatmulHook = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
@@ -211,7 +213,7 @@ def init_mlp(sizes: Sequence[int], seed: int) -> MLPParams:
         raise ValueError(f"layer sizes must be ≥ 2 positive integers, got {sizes}")
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[_STREAM_INIT])
     weights = [rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
-               for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+               for n_in, n_out in itertools.pairwise(sizes)]
     biases = [np.zeros(n_out) for n_out in sizes[1:]]
     return MLPParams(weights, biases)
 
@@ -259,13 +261,22 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
 
 
+def loss(params: MLPParams, x: np.ndarray, y: np.ndarray, weight_decay: float = 0.0,
+         matmul: MatmulHook | None = None) -> float:
+    """Training objective: mean softmax cross-entropy + ``weight_decay/2 · Σ‖W‖²``."""
+    logp = _log_softmax(forward(params, x, matmul))
+    value = -float(np.mean(logp[np.arange(logp.shape[0]), np.asarray(y)]))
+    if weight_decay:
+        value += 0.5 * weight_decay * sum(float(np.sum(w * w)) for w in params.weights)
+    return value
+
+
 def loss_and_grad(params: MLPParams, x: np.ndarray, y: np.ndarray, weight_decay: float = 0.0
                   ) -> tuple[float, MLPParams]:
-    """Objective and its exact gradient (backpropagation), as used by :func:`train_mlp`.
+    """:func:`loss` and its exact gradient (backpropagation), as used by :func:`train_mlp`.
 
-    Objective = mean softmax cross-entropy over the batch + ``weight_decay/2 · Σ‖W‖²``
-    (weights only; biases are not decayed). The gradient is returned as an
-    :class:`MLPParams` of the same shapes.
+    Only weights are decayed, not biases. The gradient is an :class:`MLPParams` of the same
+    shapes as ``params``.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
@@ -280,9 +291,9 @@ def loss_and_grad(params: MLPParams, x: np.ndarray, y: np.ndarray, weight_decay:
             acts.append(h)
     logp = _log_softmax(h)
     rows = np.arange(n)
-    loss = -float(np.mean(logp[rows, y]))
+    value = -float(np.mean(logp[rows, y]))
     if weight_decay:
-        loss += 0.5 * weight_decay * sum(float(np.sum(w * w)) for w in params.weights)
+        value += 0.5 * weight_decay * sum(float(np.sum(w * w)) for w in params.weights)
     delta = np.exp(logp)
     delta[rows, y] -= 1.0
     delta /= n  # d loss / d logits
@@ -296,7 +307,7 @@ def loss_and_grad(params: MLPParams, x: np.ndarray, y: np.ndarray, weight_decay:
         gb[layer] = delta.sum(axis=0)
         if layer > 0:
             delta = (delta @ w.T) * (acts[layer] > 0.0)
-    return loss, MLPParams(gw, gb)
+    return value, MLPParams(gw, gb)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,8 +361,9 @@ def train_mlp(
     mapping to a bounded conductance range. ``n_classes`` defaults to ``max(y) + 1``.
     ``validation = (x_val, y_val)`` adds a per-epoch accuracy to the history.
 
-    Deterministic: the same arguments and seed give bit-identical weights (float64 numpy on
-    one machine and BLAS thread setting). Returns ``(params, history)``.
+    Deterministic: the same arguments and seed give bit-identical weights (float64; BLAS runs
+    single-threaded here, so the thread settings of the process do not matter). Returns
+    ``(params, history)``.
     """
     x, y = _check_xy(x, y)
     if x.shape[0] == 0:
@@ -367,10 +379,20 @@ def train_mlp(
     n_out = int(y.max()) + 1 if n_classes is None else int(n_classes)
     if n_out <= int(y.max()):
         raise ValueError(f"n_classes = {n_out} but y holds label {int(y.max())}")
-    if validation is not None:
-        x_val, y_val = _check_xy(*validation)
+    val = None if validation is None else _check_xy(*validation)
 
-    params = init_mlp((x.shape[1], *hidden, n_out), seed)
+    # One BLAS thread: the products here are small (threads only add contention), and the
+    # result cannot depend on how many threads BLAS would otherwise use.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _train(x, y, (x.shape[1], *hidden, n_out), epochs, lr, batch, seed,
+                      weight_decay, clip, optimizer, momentum, val)
+
+
+def _train(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], epochs: int, lr: float,
+           batch: int, seed: int, weight_decay: float, clip: float | None, optimizer: str,
+           momentum: float, validation: tuple[np.ndarray, np.ndarray] | None
+           ) -> tuple[MLPParams, History]:
+    params = init_mlp(sizes, seed)
     if clip is not None:
         for w in params.weights:
             np.clip(w, -clip, clip, out=w)
@@ -379,7 +401,6 @@ def train_mlp(
     m = [np.zeros_like(a) for a in state]  # momentum (SGD) or first moment (Adam)
     v = [np.zeros_like(a) for a in state]  # second moment (Adam)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    n_weights = len(params.weights)
     history = History()
     step = 0
     n = x.shape[0]
@@ -402,11 +423,10 @@ def train_mlp(
                     m[i] *= momentum
                     m[i] -= lr * g
                     a += m[i]
-                if clip is not None and i % 2 == 0 and i // 2 < n_weights:
+                if clip is not None and i % 2 == 0:  # arrays() order: W0, b0, W1, b1, …
                     np.clip(a, -clip, clip, out=a)
-        loss, _ = loss_and_grad(params, x, y, weight_decay)
-        history.loss.append(loss)
+        history.loss.append(loss(params, x, y, weight_decay))
         history.train_accuracy.append(accuracy(params, x, y))
         if validation is not None:
-            history.val_accuracy.append(accuracy(params, x_val, y_val))
+            history.val_accuracy.append(accuracy(params, *validation))
     return params, history
