@@ -22,7 +22,8 @@ from typing import Literal
 import numpy as np
 
 from imcsim.errors import InputError
-from imcsim.physics import pcm
+from imcsim.physics import crossbar, pcm
+from imcsim.scenarios.programming import GDPPolicy
 
 # ----------------------------------------------------------------------------------------
 # Generic validation
@@ -301,7 +302,8 @@ MAX_PULSES = 1 << 20  # random-number counters reserved per programming event
 @dataclass(frozen=True)
 class VerifySection:
     """Program-and-verify settings (pcm.VerifyPolicy): tolerance, read_noise and
-    read_resolution in S, max_pulses per device, step_fraction and s_min dimensionless."""
+    read_resolution in S, max_pulses per device, step_fraction and s_min dimensionless;
+    ``differential`` verifies pairs and corrects overshoots on the partner device."""
 
     tolerance: float = pcm.VerifyPolicy.tolerance
     max_pulses: int = pcm.VerifyPolicy.max_pulses
@@ -309,6 +311,7 @@ class VerifySection:
     read_resolution: float = pcm.VerifyPolicy.read_resolution
     step_fraction: float = pcm.VerifyPolicy.step_fraction
     s_min: float = pcm.VerifyPolicy.s_min
+    differential: bool = pcm.VerifyPolicy.differential
 
     def validate(self, where):
         _positive(where, "tolerance", self.tolerance)
@@ -327,6 +330,57 @@ class VerifySection:
 
 
 @dataclass(frozen=True)
+class GDPSection:
+    """Gradient-descent programming (scenarios.programming.GDPPolicy): iterations, batch of
+    random inputs per iteration, learning rate lr decaying to lr_final, s_min smallest pulse
+    amplitude, max_pulses per device (RESET included), t_iteration (s) per iteration."""
+
+    iterations: int = GDPPolicy.iterations
+    batch: int = GDPPolicy.batch
+    lr: float = GDPPolicy.lr
+    lr_final: float = GDPPolicy.lr_final
+    s_min: float = GDPPolicy.s_min
+    max_pulses: int = GDPPolicy.max_pulses
+    t_iteration: float = GDPPolicy.t_iteration
+
+    def validate(self, where):
+        for name in ("iterations", "batch", "lr", "lr_final", "max_pulses", "t_iteration"):
+            _positive(where, name, getattr(self, name))
+        if self.max_pulses >= MAX_PULSES or self.iterations >= MAX_PULSES - 2:
+            raise InputError(f"{where}: iterations and max_pulses must be below {MAX_PULSES}")
+        if not 0.0 <= self.s_min <= 1.0:
+            raise InputError(f"{where}.s_min: must be in [0, 1], got {self.s_min}")
+
+    def policy(self) -> GDPPolicy:
+        return GDPPolicy(**to_dict(self))
+
+
+@dataclass(frozen=True)
+class PeripherySection:
+    """Tile periphery used by MVMs and by GDP (physics.crossbar.Periphery). Defaults are an
+    ideal periphery (0 bits: no quantisation); ``dac_bits``, ``adc_bits`` signed resolutions,
+    ``input_range`` the |x| at full scale, ``v_read`` (V), ``adc_full_scale`` (A)."""
+
+    dac_bits: int = 0
+    input_range: float = 1.0
+    encoding: Literal["amplitude", "pwm"] = "amplitude"
+    v_read: float = 0.2
+    adc_bits: int = 0
+    adc_full_scale: float = 1e-4
+
+    def validate(self, where):
+        for name in ("dac_bits", "adc_bits"):
+            value = getattr(self, name)
+            if not 0 <= value <= 24:
+                raise InputError(f"{where}.{name}: must be 0 (ideal) to 24, got {value}")
+        for name in ("input_range", "v_read", "adc_full_scale"):
+            _positive(where, name, getattr(self, name))
+
+    def periphery(self) -> crossbar.Periphery:
+        return crossbar.Periphery(**to_dict(self))
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of the timeline, in file order.
 
@@ -337,7 +391,7 @@ class Step:
     where they stand and do not move it; the engine runs all events in time order.
 
     Fields by kind:
-        program: ``method`` ("verify" | "statistical"), ``verify`` table.
+        program: ``method`` ("verify" | "statistical" | "gdp"), ``verify`` / ``gdp`` table.
         refresh: re-programs the last programmed targets with the same method.
         read: ``times``; ``full_times`` where every device is recorded, not only the subset.
         mvm: ``times``, ``batch`` random inputs x ~ U[−1, 1] (the same set at every time).
@@ -345,8 +399,9 @@ class Step:
     """
 
     kind: Literal["program", "refresh", "reset", "wait", "read", "mvm", "calibrate"]
-    method: Literal["verify", "statistical"] = "verify"
+    method: Literal["verify", "statistical", "gdp"] = "verify"
     verify: VerifySection = field(default_factory=VerifySection)
+    gdp: GDPSection = field(default_factory=GDPSection)
     duration: float = 0.0
     t: float = 0.0
     times: Times | None = None
@@ -380,13 +435,15 @@ class RecordSection:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A PCM crossbar scenario (tables: run, device, array, targets, record, timeline)."""
+    """A PCM crossbar scenario (tables: run, device, array, targets, record, periphery,
+    timeline)."""
 
     run: RunSection = field(default_factory=RunSection)
     device: DeviceSection = field(default_factory=DeviceSection)
     array: ArraySection = field(default_factory=ArraySection)
     targets: TargetsSection = field(default_factory=TargetsSection)
     record: RecordSection = field(default_factory=RecordSection)
+    periphery: PeripherySection = field(default_factory=PeripherySection)
     timeline: tuple[Step, ...] = ()
 
     def validate(self, where):

@@ -43,6 +43,8 @@ def step_duration(step, t_pulse: float, last_program=None) -> float:
     if step.kind == "refresh":
         step = last_program
     if step.kind == "program":
+        if step.method == "gdp":
+            return (step.gdp.iterations + 1) * step.gdp.t_iteration
         return (step.verify.max_pulses if step.method == "verify" else 1) * t_pulse
     if step.kind == "reset":
         return t_pulse

@@ -148,6 +148,8 @@ class VerifyPolicy:
         step_fraction: fraction of the read error a SET pulse aims to close (< 1 avoids
             overshoot, which costs a RESET and a restart).
         s_min: smallest normalised amplitude the pulse generator produces.
+        differential: verify the pair's difference G⁺ − G⁻ and correct an overshoot on the
+            partner (:func:`program_verify_pairs`) instead of each device on its own.
     """
 
     tolerance: float = 0.5e-6
@@ -156,6 +158,7 @@ class VerifyPolicy:
     read_resolution: float = 0.0
     step_fraction: float = 0.7
     s_min: float = 0.02
+    differential: bool = False
 
 
 @dataclass(frozen=True)

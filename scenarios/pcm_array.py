@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imcsim.config import MAX_PULSES, LoadedScenario, resolve_path
+from imcsim.config import MAX_PULSES, LoadedScenario, Step, resolve_path
 from imcsim.engine import STATE_CHANGING, Event
 from imcsim.errors import InputError
 from imcsim.physics import crossbar, pcm, rng
+from imcsim.scenarios import programming
 from imcsim.store import TraceWriter
 
 # Counter layout: an event owns counters [index·2^20, (index+1)·2^20) for its pulses
@@ -68,8 +69,7 @@ def relative_error(y, y_ideal) -> float:
 class _Programmed:
     """What the last programming step did (for refresh)."""
 
-    method: str
-    policy: pcm.VerifyPolicy
+    step: Step
     g_target: np.ndarray
 
 
@@ -93,7 +93,7 @@ class PCMArraySimulation:
         self.g_target = np.stack([gp, gm]).reshape(-1)
         self.w_mapped = crossbar.conductances_to_weights(gp, gm, sc.array.weight_scale,
                                                          self.stat.g_max)
-        self.weight_per_siemens = sc.array.weight_scale / self.stat.g_max
+        self.periphery = sc.periphery.periphery()
         self.params = pcm.draw_device_params(seed, n, self.pulse)
         # Devices start RESET at t = 0 with the drift state of the amorphous phase.
         self.g_prog = np.empty(n)
@@ -171,12 +171,22 @@ class PCMArraySimulation:
                             "relative MVM error with global drift compensation"),
                            ("gdc_alpha", "global drift compensation factor alpha")):
             w.declare_series(name, (), "f8", "1", desc, n=count["mvm"])
+        n_gdp = sum(self._gdp_iterations(e) for e in events)
+        if n_gdp:
+            w.declare_series("gdp_mvm_error", (), "f8", "1",
+                             "relative MVM error seen through the ADC at each GDP iteration",
+                             n=n_gdp)
+            w.declare_series("gdp_pulses_mean", (), "f8", "1",
+                             "mean pulses per device so far, at each GDP iteration", n=n_gdp)
         if self.sc.record.store_outputs:
             w.declare_series("mvm_output", self.y_ideal.shape, "f8", "1",
                              "raw MVM outputs [batch, col] in weight units", n=count["mvm"])
         for name, units, desc in (
                 ("programming_error_rms", "S",
-                 "rms of G_p - g_target after the first programming step"),
+                 "rms over pairs of (G+ - G-) - (G+_T - G-_T) after the first programming step"),
+                ("weight_error_relative", "1",
+                 "|W_programmed - W_target| / |W_target| (Frobenius) after the first "
+                 "programming step"),
                 ("pulses_mean", "1", "mean pulses per device over all programming steps"),
                 ("converged_fraction", "1",
                  "fraction of devices within tolerance after the first programming step"),
@@ -184,6 +194,16 @@ class PCMArraySimulation:
                 ("mvm_error_last", "1", "relative MVM error at the last MVM"),
                 ("mvm_error_gdc_last", "1", "compensated relative MVM error at the last MVM")):
             w.declare_metric(name, units, desc)
+
+    def _gdp_iterations(self, e: Event) -> int:
+        """GDP iterations an event will run (refreshes repeat the last program step)."""
+        step = None
+        for k, st in enumerate(self.sc.timeline):
+            if st.kind == "program" and k <= e.step:
+                step = st
+        if e.kind not in ("program", "refresh") or step is None or step.method != "gdp":
+            return 0
+        return step.gdp.iterations
 
     # -- dispatch -----------------------------------------------------------------------
     def handle(self, batch: list[Event]):
@@ -201,7 +221,7 @@ class PCMArraySimulation:
     def _on_program(self, batch):
         (e,) = batch
         step = self.sc.timeline[e.step]
-        self.last_program = _Programmed(step.method, step.verify.policy(), self.g_target)
+        self.last_program = _Programmed(step, self.g_target)
         self._program(e, self.last_program)
 
     def _on_refresh(self, batch):
@@ -220,36 +240,64 @@ class PCMArraySimulation:
 
     def _program(self, e: Event, prog: _Programmed):
         counter = np.uint64(e.index * _COUNTERS_PER_EVENT)
-        n = self.g_prog.size
-        if prog.method == "statistical":
-            pcm.program_statistical(prog.g_target, self.g_prog, self.stat.g_max,
-                                    np.asarray(self.stat.prog_coeff, dtype=float),
-                                    self.stat.prog_coeff_g_ref, self.stat.prog_noise_scale,
-                                    self.seed, counter)
-            self.t_prog[:] = e.t + self.pulse.t_pulse
-            g_qs = prog.g_target if self.stat.model_id == pcm.MODEL_JOSHI else self.g_prog
-            self._draw_drift_state(prog.g_target, g_qs, counter)
-            pulses = np.ones(n)
-            converged = np.ones(n)
-        else:
-            p = prog.policy
-            n_pulses = np.zeros(n, dtype=np.int64)
-            ok = np.zeros(n, dtype=np.bool_)
-            pcm.program_verify(prog.g_target, self.g_prog, self.params.dg0, self.params.g_sat,
-                               self.params.g_reset, self.pulse.dg0, self.pulse.g_sat,
-                               self.pulse.sigma_c2c, self.pulse.sigma_reset, p.tolerance,
-                               p.max_pulses, p.read_noise, p.read_resolution, p.step_fraction,
-                               p.s_min, self.seed, counter, n_pulses, ok)
-            self.t_prog[:] = e.t + n_pulses * self.pulse.t_pulse
-            self._draw_drift_state(self.g_prog, self.g_prog, counter)
-            pulses = n_pulses.astype(float)
-            converged = ok.astype(float)
+        method = {"statistical": self._program_statistical, "gdp": self._program_gdp,
+                  "verify": self._program_verify}[prog.step.method]
+        pulses, converged = method(e, prog, counter)
         self.pulses_total += pulses.astype(np.int64)
         if np.isnan(self.first_program_error):
-            self.first_program_error = float(np.sqrt(np.mean((self.g_prog - prog.g_target)**2)))
+            n = self.g_prog.size // 2
+            diff = self.g_prog[:n] - self.g_prog[n:]
+            target = prog.g_target[:n] - prog.g_target[n:]
+            self.first_program_error = float(np.sqrt(np.mean((diff - target) ** 2)))
             self.writer.set_metric("programming_error_rms", self.first_program_error)
+            self.writer.set_metric("weight_error_relative",
+                                   float(np.linalg.norm(diff - target) / np.linalg.norm(target)))
             self.writer.set_metric("converged_fraction", float(converged.mean()))
         self._record_state(e.t, pulses, converged)
+
+    def _program_statistical(self, e, prog, counter):
+        n = self.g_prog.size
+        pcm.program_statistical(prog.g_target, self.g_prog, self.stat.g_max,
+                                np.asarray(self.stat.prog_coeff, dtype=float),
+                                self.stat.prog_coeff_g_ref, self.stat.prog_noise_scale,
+                                self.seed, counter)
+        self.t_prog[:] = e.t + self.pulse.t_pulse
+        g_qs = prog.g_target if self.stat.model_id == pcm.MODEL_JOSHI else self.g_prog
+        self._draw_drift_state(prog.g_target, g_qs, counter)
+        return np.ones(n), np.ones(n)
+
+    def _program_verify(self, e, prog, counter):
+        p = prog.step.verify.policy()
+        n = self.g_prog.size
+        n_pulses = np.zeros(n, dtype=np.int64)
+        common = (self.params.dg0, self.params.g_sat, self.params.g_reset, self.pulse.dg0,
+                  self.pulse.g_sat, self.pulse.sigma_c2c, self.pulse.sigma_reset, p.tolerance,
+                  p.max_pulses, p.read_noise, p.read_resolution, p.step_fraction, p.s_min,
+                  self.seed, counter, n_pulses)
+        if p.differential:
+            ok = np.zeros(n // 2, dtype=np.bool_)
+            target = prog.g_target[:n // 2] - prog.g_target[n // 2:]
+            pcm.program_verify_pairs(target, self.g_prog, *common, ok)
+            ok = np.concatenate([ok, ok])  # a pair's verdict, for both its devices
+        else:
+            ok = np.zeros(n, dtype=np.bool_)
+            pcm.program_verify(prog.g_target, self.g_prog, *common, ok)
+        self.t_prog[:] = e.t + n_pulses * self.pulse.t_pulse
+        self._draw_drift_state(self.g_prog, self.g_prog, counter)
+        return n_pulses.astype(float), ok.astype(float)
+
+    def _program_gdp(self, e, prog, counter):
+        n = self.g_prog.size
+        state = programming.TileState(self.g_prog, self.t_prog, self.nu, self.q_s, self.params)
+        n_pulses = np.zeros(n, dtype=np.int64)
+        trace = programming.program_gdp(
+            state, self.w_mapped, pulse=self.pulse, stat=self.stat, periphery=self.periphery,
+            weight_scale=self.sc.array.weight_scale, policy=prog.step.gdp.policy(),
+            seed=int(self.seed), counter0=int(counter), t_start=e.t, pulses_out=n_pulses)
+        for t, err, pulses in zip(trace.t, trace.mvm_error, trace.pulses_mean):
+            self.writer.append("gdp_mvm_error", t, err)
+            self.writer.append("gdp_pulses_mean", t, pulses)
+        return n_pulses.astype(float), np.ones(n)
 
     def _record_state(self, t, pulses, converged):
         w = self.writer
@@ -272,10 +320,10 @@ class PCMArraySimulation:
         return out
 
     def _mvm(self, g_flat, x):
+        """Tile outputs in weight units through the scenario's DAC and ADC."""
         g = g_flat.reshape(self.shape)
-        y = np.empty((x.shape[0], self.shape[2]))
-        crossbar.mvm_differential(g[0], g[1], x, self.weight_per_siemens, y)
-        return y
+        return crossbar.tile_mvm(g[0], g[1], x, self.periphery, self.sc.array.weight_scale,
+                                 self.stat.g_max)
 
     def _observe_read(self, e: Event, g):
         self.writer.append("conductance_subset", e.t, g[self.subset])
