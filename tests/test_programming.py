@@ -202,3 +202,53 @@ def test_gdp_same_seed_same_bytes_with_any_thread_count(restore_threads):
         runs.append((state.g.copy(), state.t_prog.copy(), trace.mvm_error.copy(), pulses))
     for a, b in zip(*runs):
         assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------
+# Through the scenario engine
+
+GDP_SCENARIO = """
+[run]
+seed = 3
+[array]
+rows = 32
+cols = 24
+[periphery]
+dac_bits = 8
+adc_bits = 8
+adc_full_scale = 3.5e-5
+[[timeline]]
+kind = "program"
+method = "{method}"
+gdp = {{ iterations = 30, batch = 256 }}
+verify = {{ differential = true }}
+[[timeline]]
+kind = "mvm"
+times = [1.0, 1e5]
+batch = 256
+"""
+
+
+@pytest.mark.parametrize("method", ["gdp", "verify"])
+def test_programming_methods_run_through_the_engine(tmp_path, method):
+    from imcsim.config import parse_scenario
+    from imcsim.runner import run_scenario
+    from imcsim.store import Trace
+
+    out = run_scenario(parse_scenario(GDP_SCENARIO.format(method=method)), tmp_path / "p.h5")
+    with Trace(out) as tr:
+        assert tr.status == "complete"
+        metrics = {k: v for k, (v, _) in tr.metrics().items()}
+        assert metrics["weight_error_relative"] < 0.1
+        assert metrics["mvm_error_first"] < 0.15
+        pulses = tr.series("pulses").data[0]
+        assert pulses.max() <= 40
+        if method == "gdp":
+            err = tr.series("gdp_mvm_error")
+            assert err.t.size == 30 and np.all(np.diff(err.t) > 0)
+            assert err.data[0] > 0.9 and err.data[-1] < 0.1
+            # the last pulse of each device is when its drift starts
+            t_prog = tr.series("t_programmed").data[0]
+            assert t_prog.max() <= err.t[-1] and t_prog.min() >= 0.0
+        else:
+            assert "gdp_mvm_error" not in tr.series_names()
