@@ -10,7 +10,9 @@ The validated tree is what the engine sees and what the trace stores (``scenario
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 import math
 import tomllib
 import types
@@ -463,11 +465,20 @@ class Scenario:
 
 @dataclass(frozen=True)
 class LoadedScenario:
-    """A validated scenario with its source text and the folder relative paths start from."""
+    """A validated scenario with its source text and the folder relative paths start from.
+
+    A study file also lists ``variants``: (name, overrides, scenario) for each run, every one
+    the base scenario with its dotted-path overrides applied and validated again.
+    """
 
     scenario: Scenario
     text: str
     path: Path | None
+    variants: tuple[tuple[str, dict, Scenario], ...] = ()
+
+    def runs(self) -> list[tuple[str, dict, Scenario]]:
+        """The runs this file asks for: the variants, or the scenario itself."""
+        return list(self.variants) or [(self.scenario.run.name, {}, self.scenario)]
 
 
 def load_scenario(path: str | Path, seed: int | None = None) -> LoadedScenario:
@@ -489,15 +500,111 @@ def parse_scenario(text: str, path: Path | None = None, seed: int | None = None
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{label}: malformed TOML: {exc}") from None
+    if seed is not None:
+        if not isinstance(data.get("run", {}), dict):
+            raise InputError(f"{label}: run: expected a table, got {data['run']!r}")
+        data = {**data, "run": {**data.get("run", {}), "seed": seed}}
     try:
-        scenario = from_dict(Scenario, data, "")
-        if seed is not None:
-            run = from_dict(RunSection, {**to_dict(scenario.run), "seed": seed}, "run")
-            scenario = dataclasses.replace(scenario, run=run)
+        study = _study_runs(data)
+        base = {k: v for k, v in data.items() if k not in ("variant", "study")}
+        scenario = from_dict(Scenario, base, "")
         _check_files(scenario, path)
+        variants = []
+        for name, overrides, where in study:
+            try:
+                varied = from_dict(Scenario, apply_overrides(base, overrides), "")
+                _check_files(varied, path)
+            except InputError as exc:
+                raise InputError(f"{where} ({name}): {exc}") from None
+            variants.append((name, overrides, varied))
     except InputError as exc:
         raise InputError(f"{label}: {exc}") from None
-    return LoadedScenario(scenario, text, path)
+    return LoadedScenario(scenario, text, path, tuple(variants))
+
+
+# ----------------------------------------------------------------------------------------
+# Studies: variants of one scenario in one file
+
+
+def _parse_path(path: str, where: str) -> list:
+    """'timeline[0].gdp.lr' -> ['timeline', 0, 'gdp', 'lr']."""
+    parts: list = []
+    for token in path.split("."):
+        name, *indices = token.split("[")
+        if not name:
+            raise InputError(f"{where}: bad parameter path '{path}'")
+        parts.append(name)
+        for idx in indices:
+            if not idx.endswith("]") or not idx[:-1].isdigit():
+                raise InputError(f"{where}: bad index in parameter path '{path}'")
+            parts.append(int(idx[:-1]))
+    return parts
+
+
+def apply_overrides(data: dict, overrides: dict) -> dict:
+    """A copy of the TOML tree ``data`` with each dotted path of ``overrides`` set."""
+    out = copy.deepcopy(data)
+    for path, value in overrides.items():
+        parts = _parse_path(path, path)
+        node = out
+        for here, nxt in itertools.pairwise(parts):
+            if isinstance(here, int):
+                if not isinstance(node, list) or here >= len(node):
+                    raise InputError(f"{path}: index {here} is out of range")
+                node = node[here]
+            else:
+                if not isinstance(node, dict):
+                    raise InputError(f"{path}: '{here}' is not inside a table")
+                node = node.setdefault(here, [] if isinstance(nxt, int) else {})
+        last = parts[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise InputError(f"{path}: index {last} is out of range")
+            node[last] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise InputError(f"{path}: '{last}' is not inside a table")
+    return out
+
+
+def _study_runs(data: dict) -> list[tuple[str, dict, str]]:
+    """(name, overrides, where) of every run a study asks for.
+
+    ``[[variant]]`` tables give a ``name`` and dotted-path overrides; ``[study] cross`` maps
+    dotted paths to lists of values, crossed with each other and with every variant.
+    """
+    variants = data.get("variant", [])
+    study = data.get("study", {})
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise InputError("variant: expected [[variant]] tables")
+    if not isinstance(study, dict):
+        raise InputError("study: expected a table")
+    unknown = sorted(set(study) - {"cross"})
+    if unknown:
+        raise InputError(f"study.{unknown[0]}: unknown key (allowed: cross)")
+    cross = study.get("cross", {})
+    if not isinstance(cross, dict):
+        raise InputError("study.cross: expected a table of parameter paths to value lists")
+    for path, values in cross.items():
+        if not isinstance(values, list) or not values:
+            raise InputError(f"study.cross.'{path}': expected a non-empty list of values")
+    base = []
+    for k, v in enumerate(variants):
+        name = v.get("name")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise InputError(f"variant[{k}].name: required, a string without '/'")
+        base.append((name, {p: x for p, x in v.items() if p != "name"}, f"variant[{k}]"))
+    runs = base or ([("", {}, "study")] if cross else [])
+    for path, values in cross.items():
+        label = _parse_path(path, f"study.cross.'{path}'")[-1]
+        runs = [("-".join(filter(None, [name, f"{label}={value}"])), {**over, path: value},
+                 where) for name, over, where in runs for value in values]
+    names = [r[0] for r in runs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise InputError(f"variant: run name '{duplicated[0]}' is used twice")
+    return runs
 
 
 def _check_files(scenario: Scenario, path: Path | None):

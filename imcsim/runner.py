@@ -43,32 +43,61 @@ def set_threads(threads: int | None) -> None:
 def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.PathLike, *,
                  seed: int | None = None, threads: int | None = None, progress: bool = False,
                  overwrite: bool = False) -> Path:
-    """Validate, simulate and write ``out``; bad input raises InputError before any write."""
+    """Validate, simulate and write ``out``; bad input raises InputError before any write.
+
+    A plain scenario writes a single-run trace; a study (``[[variant]]`` / ``[study]``) writes
+    every run into ``/runs/<name>`` of one file, one after another, each marked pending,
+    running, complete or failed.
+    """
     loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario, seed)
     out = Path(out)
     check_output_path(out, overwrite)
     set_threads(threads)
-    sc = loaded.scenario
-    seed = sc.run.seed
-    events = build_timeline(sc, sc.device.pulse_model().t_pulse)
-    try:
-        sim = PCMArraySimulation(loaded, seed, events)
-    except InputError as exc:
-        raise InputError(f"{loaded.path or '<scenario>'}: {exc}") from None
+    study = bool(loaded.variants)
+    plans = []
+    for name, overrides, sc in loaded.runs():
+        events = build_timeline(sc, sc.device.pulse_model().t_pulse)
+        try:
+            sim = PCMArraySimulation(LoadedScenario(sc, loaded.text, loaded.path), sc.run.seed,
+                                     events)
+        except InputError as exc:
+            where = f"{name}: " if study else ""
+            raise InputError(f"{loaded.path or '<scenario>'}: {where}{exc}") from None
+        plans.append((name, overrides, sc, events, sim))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(events), unit="event", desc=sc.run.name, leave=False)
+        bar = tqdm(total=sum(len(p[3]) for p in plans), unit="event",
+                   desc=loaded.scenario.run.name, leave=False)
     try:
-        with TraceWriter(out, overwrite=overwrite) as writer:
-            writer.set_attrs(scenario_toml=loaded.text,
-                             scenario_resolved=json.dumps(to_dict(sc)),
-                             scenario_path=str(loaded.path or ""), scenario_kind="pcm_array",
-                             run_name=sc.run.name, seed=seed, n_events=len(events))
-            sim.declare(writer)
+        with TraceWriter(out, overwrite=overwrite, single_run=not study) as writer:
+            writer.set_attrs(scenario_toml=loaded.text, scenario_path=str(loaded.path or ""),
+                             trace_kind="study" if study else "run",
+                             run_name=loaded.scenario.run.name, seed=loaded.scenario.run.seed)
+            if study:
+                writer.set_attrs(run_order=[p[0] for p in plans])
+            run_writers = []
+            for name, overrides, sc, events, sim in plans:
+                rw = writer.add_run(name) if study else writer.root
+                rw.set_attrs(scenario_resolved=json.dumps(to_dict(sc)),
+                             scenario_kind="pcm_array", run_name=name, seed=sc.run.seed,
+                             n_events=len(events), overrides=json.dumps(overrides))
+                sim.declare(rw)
+                run_writers.append(rw)
             writer.begin()
-            run_events(sim, events, bar.update if bar is not None else None)
+            for (_, _, _, events, sim), rw in zip(plans, run_writers):
+                if study:
+                    rw.set_status("running")
+                try:
+                    run_events(sim, events, bar.update if bar is not None else None)
+                except BaseException as exc:
+                    if study:
+                        rw.set_status("failed", f"{type(exc).__name__}: {exc}")
+                    raise
+                if study:
+                    rw.set_status("complete")
+                writer.flush()
     finally:
         if bar is not None:
             bar.close()

@@ -64,41 +64,18 @@ def _chunks(sample_shape: tuple[int, ...], itemsize: int, n_hint: int | None,
     return (rows, *sample)
 
 
-class TraceWriter:
-    """Write one run: declare datasets, :meth:`begin`, append samples, :meth:`finish`.
+class RunWriter:
+    """The datasets of one run, in an HDF5 group (the file's root for a single run, or
+    ``/runs/<name>`` in a study file): declare first, then append while the run goes."""
 
-    Use as a context manager: an exception inside marks the file ``failed`` with the message
-    and re-raises.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path}: file exists (pass --overwrite to replace it)")
-        if not self.path.parent.exists():
-            raise InputError(f"{self.path}: directory {self.path.parent} does not exist")
-        # Written under a temporary name when replacing, so the old file survives a failure.
-        self._write_path = (self.path.with_name(f".{self.path.name}.partial")
-                            if self.path.exists() else self.path)
-        self._file = h5py.File(self._write_path, "w", libver="latest")
+    def __init__(self, owner: TraceWriter, group: h5py.Group):
+        self._owner = owner
+        self.group = group
         self._series: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
         self._metrics: dict[str, h5py.Dataset] = {}
         self._last_t: dict[str, float] = {}
         self._n_events = 0
-        self._started = False
-        self._t_wall0 = _dt.datetime.now(_dt.UTC)
-        a = self._file.attrs
-        a["format"] = FORMAT_NAME
-        a["format_version"] = FORMAT_VERSION
-        a["imcsim_version"] = __version__
-        a["status"] = STATUS_RUNNING
-        a["created_utc"] = self._t_wall0.isoformat(timespec="seconds")
-        a["finished_utc"] = ""
-        a["wall_time_s"] = np.nan
-        a["host"] = socket.gethostname()
-        a["pid"] = os.getpid()
-        a["error"] = ""
-        self._events = self._file.create_dataset(
+        self._events = group.create_dataset(
             "events", shape=(0,), maxshape=(None,), chunks=(256,), dtype=_EVENT_DTYPE)
         self._events.attrs["units"] = json.dumps({"t": "s", "kind": "", "step": "",
                                                   "n_devices": ""})
@@ -109,12 +86,12 @@ class TraceWriter:
     # -- declaration phase --------------------------------------------------------------
     def set_attrs(self, **attrs):
         for k, v in attrs.items():
-            self._file.attrs[k] = v
+            self.group.attrs[k] = v
 
     def static(self, name: str, data, units: str, description: str, group: str = "devices"):
         """Store a constant array (per-device parameters, targets, indices)."""
-        self._check_declaring()
-        d = self._file.require_group(group).create_dataset(
+        self._owner._check_declaring()
+        d = self.group.require_group(group).create_dataset(
             name, data=np.asarray(data), compression="gzip", shuffle=True)
         d.attrs["units"] = units
         d.attrs["description"] = description
@@ -124,8 +101,8 @@ class TraceWriter:
                        description: str, n: int | None = None):
         """Declare a time series of samples of ``sample_shape``; ``n``: expected number of
         samples (sizes the chunks; the series still grows past it)."""
-        self._check_declaring()
-        g = self._file.require_group("series").create_group(name)
+        self._owner._check_declaring()
+        g = self.group.require_group("series").create_group(name)
         shape = (0, *sample_shape)
         dtype = np.dtype(dtype)
         data = g.create_dataset("data", shape=shape, maxshape=(None, *sample_shape),
@@ -141,18 +118,11 @@ class TraceWriter:
 
     def declare_metric(self, name: str, units: str, description: str):
         """Declare a scalar result, filled by :meth:`set_metric` (NaN until then)."""
-        self._check_declaring()
-        d = self._file.require_group("metrics").create_dataset(name, data=np.nan, dtype="f8")
+        self._owner._check_declaring()
+        d = self.group.require_group("metrics").create_dataset(name, data=np.nan, dtype="f8")
         d.attrs["units"] = units
         d.attrs["description"] = description
         self._metrics[name] = d
-
-    def begin(self):
-        """End the declaration phase: from here on the file on disk is always consistent."""
-        self._check_declaring()
-        self._file.flush()
-        self._file.swmr_mode = True
-        self._started = True
 
     # -- writing phase ------------------------------------------------------------------
     def append(self, name: str, t: float, sample):
@@ -176,11 +146,84 @@ class TraceWriter:
     def set_metric(self, name: str, value: float):
         self._metrics[name][()] = value
 
+    def set_status(self, status: str, error: str = ""):
+        """Status of this run (a study file's runs go pending -> running -> complete)."""
+        self.group.attrs["status"] = status
+        self.group.attrs["error"] = error
+
+    def flush(self):
+        self._owner.flush()
+
+
+class TraceWriter:
+    """Write a trace file: declare datasets, :meth:`begin`, append samples, :meth:`finish`.
+
+    A single-run file keeps its run at the root (the methods of :class:`RunWriter` are
+    available on the writer itself); a study file holds several runs, each made with
+    :meth:`add_run` before :meth:`begin`. Use as a context manager: an exception inside marks
+    the file ``failed`` with the message and re-raises.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False,
+                 single_run: bool = True):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise InputError(f"{self.path}: file exists (pass --overwrite to replace it)")
+        if not self.path.parent.exists():
+            raise InputError(f"{self.path}: directory {self.path.parent} does not exist")
+        # Written under a temporary name when replacing, so the old file survives a failure.
+        self._write_path = (self.path.with_name(f".{self.path.name}.partial")
+                            if self.path.exists() else self.path)
+        self._file = h5py.File(self._write_path, "w", libver="latest")
+        self._started = False
+        self._t_wall0 = _dt.datetime.now(_dt.UTC)
+        a = self._file.attrs
+        a["format"] = FORMAT_NAME
+        a["format_version"] = FORMAT_VERSION
+        a["imcsim_version"] = __version__
+        a["status"] = STATUS_RUNNING
+        a["created_utc"] = self._t_wall0.isoformat(timespec="seconds")
+        a["finished_utc"] = ""
+        a["wall_time_s"] = np.nan
+        a["host"] = socket.gethostname()
+        a["pid"] = os.getpid()
+        a["error"] = ""
+        self.root = RunWriter(self, self._file) if single_run else None
+        self.runs: dict[str, RunWriter] = {}
+
+    def __getattr__(self, name):
+        # A single-run file: the root run's methods (static, declare_series, append, ...).
+        root = self.__dict__.get("root")
+        if root is not None and not name.startswith("_"):
+            return getattr(root, name)
+        raise AttributeError(name)
+
+    def set_attrs(self, **attrs):
+        for k, v in attrs.items():
+            self._file.attrs[k] = v
+
+    def add_run(self, name: str) -> RunWriter:
+        """A run of a study file, in group ``/runs/<name>``, status ``pending``."""
+        self._check_declaring()
+        if self.root is not None:
+            raise RuntimeError("a single-run trace has no named runs")
+        run = RunWriter(self, self._file.require_group("runs").create_group(name))
+        run.set_status("pending")
+        self.runs[name] = run
+        return run
+
+    def begin(self):
+        """End the declaration phase: from here on the file on disk is always consistent."""
+        self._check_declaring()
+        self._file.flush()
+        self._file.swmr_mode = True
+        self._started = True
+
     def flush(self):
         self._file.flush()
 
     def finish(self, status: str = STATUS_COMPLETE, error: str = ""):
-        """Mark the run ``complete`` (or ``failed``), close, and move into place."""
+        """Mark the file ``complete`` (or ``failed``), close, and move into place."""
         if self._file is None:
             return
         now = _dt.datetime.now(_dt.UTC)
@@ -254,11 +297,30 @@ class Series:
 
 
 class Trace:
-    """Read API over one trace file: provenance, series by time range and device subset."""
+    """Read API over one run of a trace file: provenance, series by time range and device
+    subset, metrics, events. A study file holds several runs: name one with ``run``
+    (:meth:`runs` lists them)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, run: str | None = None):
         self.path = Path(path)
         self._f = open_trace(path)
+        self.run = run
+        names = self.runs()
+        if run is None and names and "series" not in self._f:
+            self._f.close()
+            raise InputError(f"{self.path}: holds {len(names)} runs; name one "
+                             f"({', '.join(names)})")
+        if run is not None and run not in names:
+            self._f.close()
+            raise InputError(f"{self.path}: no run '{run}' (have: {', '.join(names) or 'none'})")
+        self._g = self._f if run is None else self._f["runs"][run]
+
+    def runs(self) -> list[str]:
+        """Names of the runs of a study file, in the order they were declared."""
+        if "runs" not in self._f:
+            return []
+        order = self._f.attrs.get("run_order")
+        return list(order) if order is not None else sorted(self._f["runs"])
 
     def close(self):
         self._f.close()
@@ -274,23 +336,35 @@ class Trace:
         return self._f
 
     @property
+    def group(self) -> h5py.Group:
+        """The HDF5 group of this run (the file itself for a single-run trace)."""
+        return self._g
+
+    @property
     def attrs(self) -> dict:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
+        """The run's attributes over the file's (a study run's own settings win)."""
+        merged = dict(self._f.attrs.items())
+        if self._g is not self._f:
+            merged.update(self._g.attrs.items())
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in merged.items()}
 
     @property
     def status(self) -> str:
-        """``complete``, ``failed``, ``running`` or ``interrupted`` (running, writer gone)."""
-        status = str(self._f.attrs.get("status", "unknown"))
-        if status == STATUS_RUNNING and not _writer_alive(self._f.attrs):
+        """``complete``, ``failed``, ``running``, ``pending`` or ``interrupted`` (the writer
+        is gone before the run or file was complete)."""
+        status = str(self._g.attrs.get("status", "unknown"))
+        file_running = self._f.attrs.get("status") == STATUS_RUNNING
+        if file_running and status in (STATUS_RUNNING, "pending") and \
+                not _writer_alive(self._f.attrs):
             return "interrupted"
         return status
 
     @property
     def scenario(self) -> dict:
-        return json.loads(self._f.attrs["scenario_resolved"])
+        return json.loads(self.attrs["scenario_resolved"])
 
     def series_names(self) -> list[str]:
-        return sorted(self._f["series"]) if "series" in self._f else []
+        return sorted(self._g["series"]) if "series" in self._g else []
 
     def series(self, name: str, t_min: float = -np.inf, t_max: float = np.inf,
                devices=None) -> Series:
@@ -299,7 +373,7 @@ class Trace:
         if name not in self.series_names():
             raise KeyError(f"{self.path}: no series '{name}' (have: "
                            f"{', '.join(self.series_names())})")
-        g = self._f["series"][name]
+        g = self._g["series"][name]
         t = g["t"][:]
         n = min(t.size, g["data"].shape[0])
         t = t[:n]
@@ -312,15 +386,15 @@ class Trace:
                       str(g["data"].attrs.get("description", "")))
 
     def device(self, name: str) -> np.ndarray:
-        return self._f["devices"][name][()]
+        return self._g["devices"][name][()]
 
     def metrics(self) -> dict[str, tuple[float, str]]:
-        if "metrics" not in self._f:
+        if "metrics" not in self._g:
             return {}
-        return {k: (float(d[()]), str(d.attrs["units"])) for k, d in self._f["metrics"].items()}
+        return {k: (float(d[()]), str(d.attrs["units"])) for k, d in self._g["metrics"].items()}
 
     def events(self) -> np.ndarray:
-        return self._f["events"][:]
+        return self._g["events"][:]
 
 
 def _writer_alive(attrs) -> bool:
