@@ -67,16 +67,67 @@ def run(scenario, out, seed, threads, overwrite, progress):
     click.echo(f"wrote {path}")
 
 
-@main.command()
-@click.argument("trace", type=click.Path(path_type=Path))
-def info(trace):
-    """Summarise a trace file: status, provenance, datasets with shapes and units, metrics."""
+def _open(trace, run=None):
     from imcsim.store import Trace
 
     try:
-        tr = Trace(trace)
+        return Trace(trace, run=run)
     except InputError as exc:
         _fail(str(exc))
+
+
+def _study_summary(trace: Path):
+    """One line per run of a study file: status and metrics."""
+    from imcsim.store import Trace, file_status, open_trace, run_names
+
+    try:
+        f = open_trace(trace)
+    except InputError as exc:
+        _fail(str(exc))
+    with f:
+        a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        names = run_names(f)
+        status = file_status(f)
+    click.echo(f"{trace}: study '{a.get('run_name', '?')}'  status: {status}  "
+               f"runs: {len(names)}")
+    click.echo(f"  seed {a.get('seed')}  imcsim {a.get('imcsim_version')}  created "
+               f"{a.get('created_utc')}  finished {a.get('finished_utc') or '-'}  wall "
+               f"{a.get('wall_time_s', float('nan')):.2f} s")
+    if a.get("error"):
+        click.echo(f"  error: {a['error']}")
+    rows = []
+    for name in names:
+        with Trace(trace, run=name) as tr:
+            rows.append((name, tr.status, tr.metrics()))
+    metric_names = sorted({m for _, _, ms in rows for m in ms})
+    width = max([len(n) for n in names] + [3])
+    click.echo(f"  {'run':<{width}} {'status':<11} "
+               + " ".join(f"{m[:14]:>14}" for m in metric_names))
+    for name, run_status, ms in rows:
+        values = " ".join(f"{ms[m][0]:>14.6g}" if m in ms else f"{'-':>14}"
+                          for m in metric_names)
+        click.echo(f"  {name:<{width}} {run_status:<11} {values}")
+    click.echo("  (imcsim info FILE --run NAME shows one run's datasets)")
+
+
+@main.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--run", default=None, help="run of a study file")
+def info(trace, run):
+    """Summarise a trace file: status, provenance, datasets with shapes and units, metrics.
+    For a study file: one line per run, or one run's details with --run."""
+    from imcsim.store import open_trace
+
+    if run is None:
+        try:
+            with open_trace(trace) as f:
+                is_study = "runs" in f and "series" not in f
+        except InputError as exc:
+            _fail(str(exc))
+        if is_study:
+            _study_summary(trace)
+            return
+    tr = _open(trace, run)
     with tr:
         a = tr.attrs
         click.echo(f"{trace}: run '{a.get('run_name', '?')}'  status: {tr.status}")
@@ -93,7 +144,7 @@ def info(trace):
                 units = obj.attrs.get("units", "")
                 click.echo(f"  {name:<40} {obj.dtype!s:<10} {obj.shape!s:<22} [{units}]")
 
-        tr.file.visititems(show)
+        tr.group.visititems(show)
         metrics = tr.metrics()
         if metrics:
             click.echo("  metrics:")
@@ -106,15 +157,11 @@ def info(trace):
 @click.argument("series")
 @click.option("--t-min", type=float, default=float("-inf"), help="first time (s)")
 @click.option("--t-max", type=float, default=float("inf"), help="last time (s)")
-def query(trace, series, t_min, t_max):
+@click.option("--run", default=None, help="run of a study file")
+def query(trace, series, t_min, t_max, run):
     """Print SERIES of TRACE as a table: its values for a scalar series, else per-sample
     mean, std, min and max over the sample's entries."""
-    from imcsim.store import Trace
-
-    try:
-        tr = Trace(trace)
-    except InputError as exc:
-        _fail(str(exc))
+    tr = _open(trace, run)
     with tr:
         try:
             s = tr.series(series, t_min, t_max)

@@ -317,10 +317,7 @@ class Trace:
 
     def runs(self) -> list[str]:
         """Names of the runs of a study file, in the order they were declared."""
-        if "runs" not in self._f:
-            return []
-        order = self._f.attrs.get("run_order")
-        return list(order) if order is not None else sorted(self._f["runs"])
+        return run_names(self._f)
 
     def close(self):
         self._f.close()
@@ -395,6 +392,22 @@ class Trace:
 
     def events(self) -> np.ndarray:
         return self._g["events"][:]
+
+
+def run_names(f: h5py.File) -> list[str]:
+    """Runs of a study file in declaration order ([] for a single-run trace)."""
+    if "runs" not in f:
+        return []
+    order = f.attrs.get("run_order")
+    return [str(n) for n in order] if order is not None else sorted(f["runs"])
+
+
+def file_status(f: h5py.File) -> str:
+    """The file's status, ``interrupted`` where it says running but its writer is gone."""
+    status = str(f.attrs.get("status", "unknown"))
+    if status == STATUS_RUNNING and not _writer_alive(f.attrs):
+        return "interrupted"
+    return status
 
 
 def _writer_alive(attrs) -> bool:
