@@ -305,7 +305,10 @@ MAX_PULSES = 1 << 20  # random-number counters reserved per programming event
 class VerifySection:
     """Program-and-verify settings (pcm.VerifyPolicy): tolerance, read_noise and
     read_resolution in S, max_pulses per device, step_fraction and s_min dimensionless;
-    ``differential`` verifies pairs and corrects overshoots on the partner device."""
+    ``differential`` verifies pairs and corrects overshoots on the partner device;
+    ``read_through_adc`` reads each cell through the core's own ADC, so the read resolution
+    becomes one ADC step referred to a cell, LSB/v_read (S), and the tolerance at least half
+    of it (a verify loop cannot resolve finer)."""
 
     tolerance: float = pcm.VerifyPolicy.tolerance
     max_pulses: int = pcm.VerifyPolicy.max_pulses
@@ -314,6 +317,7 @@ class VerifySection:
     step_fraction: float = pcm.VerifyPolicy.step_fraction
     s_min: float = pcm.VerifyPolicy.s_min
     differential: bool = pcm.VerifyPolicy.differential
+    read_through_adc: bool = False
 
     def validate(self, where):
         _positive(where, "tolerance", self.tolerance)
@@ -327,8 +331,14 @@ class VerifySection:
         if not 0.0 <= self.s_min <= 1.0:
             raise InputError(f"{where}.s_min: must be in [0, 1], got {self.s_min}")
 
-    def policy(self) -> pcm.VerifyPolicy:
-        return pcm.VerifyPolicy(**to_dict(self))
+    def policy(self, periphery: crossbar.Periphery | None = None) -> pcm.VerifyPolicy:
+        """The controller settings; with ``read_through_adc``, those the ADC allows."""
+        settings = {k: v for k, v in to_dict(self).items() if k != "read_through_adc"}
+        if self.read_through_adc and periphery is not None and periphery.adc_bits > 0:
+            lsb = periphery.adc_full_scale / (2 ** (periphery.adc_bits - 1) - 1)
+            settings["read_resolution"] = lsb / periphery.v_read
+            settings["tolerance"] = max(self.tolerance, 0.5 * settings["read_resolution"])
+        return pcm.VerifyPolicy(**settings)
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,7 @@ class PCMArraySimulation:
         return np.ones(n), np.ones(n)
 
     def _program_verify(self, e, prog, counter):
-        p = prog.step.verify.policy()
+        p = prog.step.verify.policy(self.periphery)
         n = self.g_prog.size
         n_pulses = np.zeros(n, dtype=np.int64)
         common = (self.params.dg0, self.params.g_sat, self.params.g_reset, self.pulse.dg0,
@@ -344,7 +344,9 @@ class PCMArraySimulation:
         alpha = np.nan
         if np.isfinite(self.gdc_reference):
             y_cal = self._mvm(g, self.x_cal[:self.gdc_batch])
-            alpha = self.gdc_reference / float(np.mean(np.abs(y_cal)))
+            level = float(np.mean(np.abs(y_cal)))
+            # A tile whose outputs all read 0 (e.g. below one ADC step) cannot be rescaled.
+            alpha = self.gdc_reference / level if level > 0.0 else np.nan
         err_gdc = relative_error(alpha * y, self.y_ideal[:b]) if np.isfinite(alpha) else err
         w.append("mvm_error", e.t, err)
         w.append("mvm_error_gdc", e.t, err_gdc)
