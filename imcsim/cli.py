@@ -184,19 +184,31 @@ def query(trace, series, t_min, t_max, run):
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="figure file (.png, .svg, .pdf)")
-def plot(trace, out):
-    """Draw the drift figure of a trace: distributions, ν, MVM error vs time."""
+@click.option("--run", default=None, help="one run of a study file (its drift figure)")
+def plot(trace, out, run):
+    """Draw a trace: the drift figure of a run (distributions, ν, MVM error vs time), or for
+    a study file the programming comparison (GDP convergence, error vs ADC bits, vs drift
+    time, vs pulses spent)."""
     from imcsim.analysis.plots import drift_figure
-    from imcsim.store import Trace
+    from imcsim.analysis.programming import programming_figure
+    from imcsim.store import open_trace, run_names
 
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         _fail(f"{out}: figure name must end in .png, .svg or .pdf")
     if not out.parent.exists():
         _fail(f"{out}: directory {out.parent} does not exist")
-    try:
-        tr = Trace(trace)
-    except InputError as exc:
-        _fail(str(exc))
+    if run is None:
+        try:
+            with open_trace(trace) as f:
+                study = bool(run_names(f)) and "series" not in f
+        except InputError as exc:
+            _fail(str(exc))
+        if study:
+            with np.errstate(all="ignore"):
+                programming_figure(trace, out)
+            click.echo(f"wrote {out}")
+            return
+    tr = _open(trace, run)
     with tr, np.errstate(all="ignore"):
         try:
             drift_figure(tr, out)

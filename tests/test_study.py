@@ -129,3 +129,24 @@ def test_info_prints_one_line_per_run(study_trace):
         assert any(line.split()[:2] == [name, "complete"] for line in lines)
     one = CliRunner().invoke(main, ["info", str(study_trace), "--run", "gdp-adc_bits=5"])
     assert one.exit_code == 0 and "series/gdp_mvm_error/data" in one.output
+
+
+def test_programming_analysis_reads_every_run(study_trace, tmp_path):
+    from imcsim.analysis.programming import comparison_rows, load_study, programming_figure
+
+    runs = load_study(study_trace)
+    assert [(r.method, r.adc_bits) for r in runs] == [
+        ("verify, hi-res read", 5), ("verify, hi-res read", 8), ("gdp", 5), ("gdp", 8)]
+    assert all(r.gdp for r in runs if r.method == "gdp")
+    assert not any(r.gdp for r in runs if r.method != "gdp")
+    rows = comparison_rows(runs, times=(1.0, 3600.0))
+    for row, run in zip(rows, runs):
+        assert row["error@1s"] == run.mvm_error[0]
+        assert row["error@3600s"] == run.mvm_error[1]
+    # A coarser ADC cannot make the same programmed tile more accurate here.
+    by = {(r.method, r.adc_bits): r.error_at(1.0) for r in runs}
+    assert by[("verify, hi-res read", 5)] > by[("verify, hi-res read", 8)]
+    out = programming_figure(study_trace, tmp_path / "p.png")
+    assert out.stat().st_size > 10_000
+    cli = CliRunner().invoke(main, ["plot", str(study_trace), "-o", str(tmp_path / "q.png")])
+    assert cli.exit_code == 0 and (tmp_path / "q.png").exists()
