@@ -370,8 +370,10 @@ class GDPSection:
 @dataclass(frozen=True)
 class PeripherySection:
     """Tile periphery used by MVMs and by GDP (physics.crossbar.Periphery). Defaults are an
-    ideal periphery (0 bits: no quantisation); ``dac_bits``, ``adc_bits`` signed resolutions,
-    ``input_range`` the |x| at full scale, ``v_read`` (V), ``adc_full_scale`` (A)."""
+    ideal periphery (0 bits: no quantisation, no wire resistance); ``dac_bits``, ``adc_bits``
+    signed resolutions, ``input_range`` the |x| at full scale, ``v_read`` (V),
+    ``adc_full_scale`` (A), ``r_wire_row`` / ``r_wire_col`` (Ω per cell pitch),
+    ``ir_drop_solver`` "relaxed" | "exact", ``ir_drop_tolerance`` (relative to full scale)."""
 
     dac_bits: int = 0
     input_range: float = 1.0
@@ -379,8 +381,15 @@ class PeripherySection:
     v_read: float = 0.2
     adc_bits: int = 0
     adc_full_scale: float = 1e-4
+    r_wire_row: float = 0.0
+    r_wire_col: float = 0.0
+    ir_drop_solver: Literal["relaxed", "exact"] = "relaxed"
+    ir_drop_tolerance: float = 1e-6
 
     def validate(self, where):
+        for name in ("r_wire_row", "r_wire_col"):
+            _positive(where, name, getattr(self, name), strict=False)
+        _positive(where, "ir_drop_tolerance", self.ir_drop_tolerance)
         for name in ("dac_bits", "adc_bits"):
             value = getattr(self, name)
             if not 0 <= value <= 24:

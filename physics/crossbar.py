@@ -94,11 +94,19 @@ class Periphery:
         dac_bits: signed DAC resolution, 2^(b−1) − 1 levels per sign (0: ideal inputs).
         input_range: |x| mapped to the DAC's full scale; larger inputs saturate.
         encoding: "amplitude" (voltage levels) or "pwm" (fixed ±v_read for a time ∝ |x|).
-            For devices with a linear I–V and no IR drop both integrate the same charge, so
-            they give the same outputs; they differ once wire resistance is modelled.
+            The cells' I–V is linear here and the wires are resistors, so the network is
+            linear and, by superposition, the charge PWM integrates over its time slices
+            equals the amplitude-encoded current times the read time, IR drop included: the
+            two give identical outputs (tested). They would differ with a nonlinear cell
+            I–V, which this model does not have.
         v_read: read voltage of a full-scale input, V.
         adc_bits: signed ADC resolution, 2^(b−1) − 1 codes per sign (0: ideal outputs).
         adc_full_scale: column current at the ADC's largest code, A; larger currents clip.
+        r_wire_row, r_wire_col: word- and bit-line resistance per cell pitch, Ω (0: no IR
+            drop). G⁺ and G⁻ of a pair sit on adjacent bit lines of one array, so a word
+            line carries the current of both (see :mod:`.irdrop` for the circuit).
+        ir_drop_solver: "relaxed" (line Gauss–Seidel to ``ir_drop_tolerance`` of full scale,
+            a-priori bound) or "exact" (sparse LU of the nodal equations).
     """
 
     dac_bits: int = 8
@@ -107,6 +115,14 @@ class Periphery:
     v_read: float = 0.2
     adc_bits: int = 8
     adc_full_scale: float = 1e-4
+    r_wire_row: float = 0.0
+    r_wire_col: float = 0.0
+    ir_drop_solver: Literal["relaxed", "exact"] = "relaxed"
+    ir_drop_tolerance: float = 1e-6
+
+    @property
+    def ir_drop(self) -> bool:
+        return self.r_wire_row > 0.0 or self.r_wire_col > 0.0
 
 
 def dac(x, periphery: Periphery):
@@ -130,15 +146,43 @@ def adc(current, periphery: Periphery):
     return np.clip(np.round(current / lsb), -levels, levels) * lsb
 
 
+def column_currents(g_plus, g_minus, x_q, periphery: Periphery):
+    """Differential column currents I⁺ − I⁻ (A) for normalised DAC outputs ``x_q``.
+
+    Without wire resistance I = (G⁺ − G⁻)ᵀ·v_read·x_q. With it, the array [G⁺ | G⁻]
+    (interleaved bit lines) is solved as a resistive network (:mod:`.irdrop`) with row
+    voltages v_read·x_q. The network is linear, so this is also the time-averaged current of
+    PWM inputs (superposition of their time slices).
+    """
+    if not periphery.ir_drop:
+        current = np.empty((x_q.shape[0], g_plus.shape[1]))
+        mvm_differential(g_plus, g_minus, periphery.v_read * x_q, 1.0, current)
+        return current
+    from imcsim.physics import irdrop
+
+    rows, cols = g_plus.shape
+    g_lines = np.empty((rows, 2 * cols))
+    g_lines[:, 0::2] = g_plus
+    g_lines[:, 1::2] = g_minus
+    volts = periphery.v_read * x_q
+    if periphery.ir_drop_solver == "exact":
+        lines = irdrop.ExactIRDropSolver(g_lines, periphery.r_wire_row,
+                                         periphery.r_wire_col).solve(volts)
+    else:
+        lines = irdrop.RelaxedIRDropSolver(g_lines, periphery.r_wire_row,
+                                           periphery.r_wire_col).solve(
+            volts, tol=periphery.ir_drop_tolerance)
+    return lines[:, 0::2] - lines[:, 1::2]
+
+
 def tile_mvm(g_plus, g_minus, x, periphery: Periphery, weight_scale: float, g_max: float):
     """Outputs of a differential tile for inputs ``x`` (batch, rows), in weight units.
 
-    DAC -> row voltages V = v_read·x_q -> column currents I = (G⁺ − G⁻)ᵀ·V (A) -> ADC ->
-    digital rescale y = I_adc·(input_range/v_read)·(weight_scale/g_max). The conductances
-    are whatever the device model reads at the MVM time (drift, read noise).
+    DAC -> row voltages V = v_read·x_q -> column currents I⁺ − I⁻ (A; with IR drop when the
+    periphery has wire resistance) -> ADC -> digital rescale
+    y = I_adc·(input_range/v_read)·(weight_scale/g_max). The conductances are whatever the
+    device model reads at the MVM time (drift, read noise).
     """
-    volts = periphery.v_read * dac(x, periphery)
-    current = np.empty((volts.shape[0], g_plus.shape[1]))
-    mvm_differential(g_plus, g_minus, volts, 1.0, current)
+    current = column_currents(g_plus, g_minus, dac(x, periphery), periphery)
     digital = periphery.input_range / periphery.v_read * weight_scale / g_max
     return adc(current, periphery) * digital

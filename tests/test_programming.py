@@ -252,3 +252,84 @@ def test_programming_methods_run_through_the_engine(tmp_path, method):
             assert t_prog.max() <= err.t[-1] and t_prog.min() >= 0.0
         else:
             assert "gdp_mvm_error" not in tr.series_names()
+
+
+# ----------------------------------------------------------------------------------------
+# IR drop in the tile MVM
+
+
+def _ir_tile(rows=24, cols=16, seed=8):
+    gen = np.random.default_rng(seed)
+    w = gen.uniform(-1, 1, (rows, cols))
+    gp, gm = crossbar.weights_to_conductances(w, 1.0, G_MAX)
+    return w, gp + 0.1e-6, gm + 0.1e-6, gen.uniform(-1, 1, (6, rows))
+
+
+def test_tile_mvm_ir_drop_relaxed_matches_exact_and_reduces_outputs():
+    _, gp, gm, x = _ir_tile()
+    ideal = crossbar.Periphery(dac_bits=8, adc_bits=0)
+    wired = dict(dac_bits=8, adc_bits=0, r_wire_row=2.5, r_wire_col=2.5)
+    y0 = crossbar.tile_mvm(gp, gm, x, ideal, 1.0, G_MAX)
+    exact = crossbar.tile_mvm(gp, gm, x, crossbar.Periphery(**wired, ir_drop_solver="exact"),
+                              1.0, G_MAX)
+    relaxed = crossbar.tile_mvm(gp, gm, x, crossbar.Periphery(**wired), 1.0, G_MAX)
+    # The relaxation stops when its a-priori bound, per bit line 1e-6·v_read·Σ_i g (A), is
+    # met; for I⁺ − I⁻ in weight units (× input_range/(v_read·g_max)) that is:
+    bound = 1e-6 * (gp + gm).sum(axis=0) / G_MAX
+    assert np.all(np.abs(relaxed - exact) <= bound)
+    assert 1e-3 < np.linalg.norm(exact - y0) / np.linalg.norm(y0) < 0.2
+    assert np.array_equal(crossbar.tile_mvm(gp, gm, x, crossbar.Periphery(
+        dac_bits=8, adc_bits=0, r_wire_row=0.0), 1.0, G_MAX), y0)
+
+
+def test_pwm_time_slices_superpose_to_the_amplitude_current_under_ir_drop():
+    """The network is linear: PWM's time slices (rows at ±v_read while |x_q|·Q ≥ k) integrate
+    to the amplitude-encoded current, IR drop included."""
+    from imcsim.physics import irdrop
+
+    _, gp, gm, x = _ir_tile(rows=8, cols=5)
+    p = crossbar.Periphery(dac_bits=3, adc_bits=0, encoding="pwm", r_wire_row=3.0,
+                           r_wire_col=2.0, ir_drop_solver="exact")
+    got = crossbar.column_currents(gp, gm, crossbar.dac(x, p), p)
+    g_lines = np.empty((8, 10))
+    g_lines[:, 0::2], g_lines[:, 1::2] = gp, gm
+    solver = irdrop.ExactIRDropSolver(g_lines, 3.0, 2.0)
+    codes = np.rint(crossbar.dac(x, p) * 3)
+    slices = sum(solver.solve(0.2 * np.sign(codes) * (np.abs(codes) >= k))
+                 for k in (1, 2, 3)) / 3
+    assert np.allclose(got, slices[:, 0::2] - slices[:, 1::2], rtol=1e-10, atol=1e-18)
+    ideal = crossbar.column_currents(gp, gm, crossbar.dac(x, p), crossbar.Periphery(
+        dac_bits=3, adc_bits=0))
+    assert np.linalg.norm(got - ideal) > 1e-3 * np.linalg.norm(ideal)  # and IR drop matters
+
+
+def test_gdp_corrects_ir_drop_that_a_per_cell_verify_cannot_see():
+    """GDP optimises the MVM the tile really computes, wire resistance included; a per-cell
+    verify programs each cell exactly and leaves the IR-drop error in the product."""
+    from imcsim.scenarios.programming import mvm_error
+
+    rows = cols = 48
+    w = 2 * rng.uniforms(9, rng.STREAM_TARGET, (rows, cols)) - 1
+    periphery = crossbar.Periphery(adc_bits=8, adc_full_scale=1e-4 * np.sqrt(rows / 256),
+                                   r_wire_row=2.5, r_wire_col=2.5)
+    n = rows * cols
+    params = pcm.draw_device_params(9, 2 * n, PULSE)
+    errors = {}
+    for method in ("gdp", "verify"):
+        state = TileState(np.empty(2 * n), np.zeros(2 * n), np.zeros(2 * n), np.zeros(2 * n),
+                          params)
+        pulses = np.zeros(2 * n, dtype=np.int64)
+        if method == "gdp":
+            program_gdp(state, w, pulse=PULSE, stat=pcm.JOSHI_2020, periphery=periphery,
+                        weight_scale=1.0, policy=GDPPolicy(iterations=40, batch=256), seed=9,
+                        counter0=0, t_start=0.0, pulses_out=pulses)
+        else:
+            gp, gm = crossbar.weights_to_conductances(w, 1.0, G_MAX)
+            ok = np.zeros(n, dtype=np.bool_)
+            pcm.program_verify_pairs((gp - gm).ravel(), state.g, params.dg0, params.g_sat,
+                                     params.g_reset, PULSE.dg0, PULSE.g_sat, PULSE.sigma_c2c,
+                                     PULSE.sigma_reset, 0.5e-6, 40, 0.1e-6, 0.0, 0.7, 0.02,
+                                     np.uint64(9), np.uint64(0), pulses, ok)
+        errors[method] = mvm_error(state, w, 1.0, stat=pcm.JOSHI_2020, periphery=periphery,
+                                   weight_scale=1.0, seed=9, counter=3, read_noise=False)
+    assert errors["gdp"] < 0.7 * errors["verify"], errors
