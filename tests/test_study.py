@@ -150,3 +150,23 @@ def test_programming_analysis_reads_every_run(study_trace, tmp_path):
     assert out.stat().st_size > 10_000
     cli = CliRunner().invoke(main, ["plot", str(study_trace), "-o", str(tmp_path / "q.png")])
     assert cli.exit_code == 0 and (tmp_path / "q.png").exists()
+
+
+def test_every_shipped_scenario_validates():
+    from pathlib import Path
+
+    from imcsim.config import load_scenario
+
+    folder = Path(__file__).resolve().parent.parent / "scenarios"
+    files = sorted(folder.glob("*.toml"))
+    assert len(files) >= 4
+    for path in files:
+        loaded = load_scenario(path)
+        assert loaded.runs(), path
+    gdp = load_scenario(folder / "gdp_vs_iterative.toml")
+    assert len(gdp.runs()) == 30
+    methods = {sc.timeline[0].method for _, _, sc in gdp.runs()}
+    assert methods == {"gdp", "verify"}
+    # equal pulse caps for both methods in every run
+    assert {sc.timeline[0].gdp.max_pulses for _, _, sc in gdp.runs()} == \
+        {sc.timeline[0].verify.max_pulses for _, _, sc in gdp.runs()} == {40}
