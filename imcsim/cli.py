@@ -150,6 +150,11 @@ def info(trace, run):
             click.echo("  metrics:")
             for k, (v, u) in metrics.items():
                 click.echo(f"    {k:<28} {v:.6g} {'' if u == '1' else u}".rstrip())
+        if a.get("scenario_kind") == "network" and tr.status == "complete":
+            from imcsim.analysis.network import accuracy_table, format_accuracy_table
+
+            for line in format_accuracy_table(accuracy_table(tr)):
+                click.echo(line)
 
 
 @main.command()

@@ -345,7 +345,8 @@ class VerifySection:
 class GDPSection:
     """Gradient-descent programming (scenarios.programming.GDPPolicy): iterations, batch of
     random inputs per iteration, learning rate lr decaying to lr_final, s_min smallest pulse
-    amplitude, max_pulses per device (RESET included), t_iteration (s) per iteration."""
+    amplitude, max_pulses per device (RESET included), t_iteration (s) per iteration,
+    input_scale of the random inputs in (0, 1] (0: the largest the ADC reads unsaturated)."""
 
     iterations: int = GDPPolicy.iterations
     batch: int = GDPPolicy.batch
@@ -354,6 +355,7 @@ class GDPSection:
     s_min: float = GDPPolicy.s_min
     max_pulses: int = GDPPolicy.max_pulses
     t_iteration: float = GDPPolicy.t_iteration
+    input_scale: float = GDPPolicy.input_scale
 
     def validate(self, where):
         for name in ("iterations", "batch", "lr", "lr_final", "max_pulses", "t_iteration"):
@@ -362,6 +364,8 @@ class GDPSection:
             raise InputError(f"{where}: iterations and max_pulses must be below {MAX_PULSES}")
         if not 0.0 <= self.s_min <= 1.0:
             raise InputError(f"{where}.s_min: must be in [0, 1], got {self.s_min}")
+        if not 0.0 <= self.input_scale <= 1.0:
+            raise InputError(f"{where}.input_scale: must be in [0, 1], got {self.input_scale}")
 
     def policy(self) -> GDPPolicy:
         return GDPPolicy(**to_dict(self))
@@ -455,6 +459,46 @@ class RecordSection:
 
 
 @dataclass(frozen=True)
+class NetworkSection:
+    """Network-level check (scenarios.network): a float MLP trained on ``dataset`` ("digits":
+    scikit-learn's bundled 8x8 digits; "mnist": IDX files in ``mnist_dir``), every layer
+    mapped onto tiles of at most ``tile_rows × tile_cols`` pairs and programmed by each of
+    ``methods`` on the devices of each of ``device_seeds``; test accuracy at ``times`` (s)
+    after programming, with global drift compensation calibrated at ``t_calibrate`` (s) on
+    ``calibration_images`` training images. ``verify`` and ``gdp`` set the programming."""
+
+    dataset: Literal["digits", "mnist"] = "digits"
+    mnist_dir: str = ""
+    hidden: tuple[int, ...] = (64,)
+    epochs: int = 40
+    train_seed: int = 0
+    methods: tuple[Literal["verify", "gdp"], ...] = ("verify", "gdp")
+    device_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    times: tuple[float, ...] = (1.0, 3600.0, 86400.0, 2.592e6)
+    t_calibrate: float = 1.0
+    calibration_images: int = 256
+    tile_rows: int = 256
+    tile_cols: int = 256
+    verify: VerifySection = field(default_factory=lambda: VerifySection(differential=True))
+    gdp: GDPSection = field(default_factory=GDPSection)
+
+    def validate(self, where):
+        for name in ("epochs", "calibration_images", "tile_rows", "tile_cols", "t_calibrate"):
+            _positive(where, name, getattr(self, name))
+        if not self.methods:
+            raise InputError(f"{where}.methods: needs at least one method")
+        if not self.device_seeds:
+            raise InputError(f"{where}.device_seeds: needs at least one seed")
+        if any(h <= 0 for h in self.hidden):
+            raise InputError(f"{where}.hidden: layer sizes must be > 0")
+        _check_times(f"{where}.times", self.times)
+        if not self.times or self.times[0] <= 0:
+            raise InputError(f"{where}.times: needs increasing times > 0 s")
+        if self.dataset == "mnist" and not self.mnist_dir:
+            raise InputError(f"{where}.mnist_dir: required when dataset = 'mnist'")
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A PCM crossbar scenario (tables: run, device, array, targets, record, periphery,
     timeline)."""
@@ -465,9 +509,12 @@ class Scenario:
     targets: TargetsSection = field(default_factory=TargetsSection)
     record: RecordSection = field(default_factory=RecordSection)
     periphery: PeripherySection = field(default_factory=PeripherySection)
+    network: NetworkSection | None = None
     timeline: tuple[Step, ...] = ()
 
     def validate(self, where):
+        if self.network is not None:
+            return
         if not self.timeline:
             raise InputError(f"{where}timeline: needs at least one step")
         programmed = False
@@ -627,6 +674,10 @@ def _study_runs(data: dict) -> list[tuple[str, dict, str]]:
 
 
 def _check_files(scenario: Scenario, path: Path | None):
+    if scenario.network is not None and scenario.network.dataset == "mnist":
+        folder = resolve_path(scenario.network.mnist_dir, path)
+        if not folder.is_dir():
+            raise InputError(f"network.mnist_dir: no such folder {folder}")
     if scenario.targets.distribution == "file":
         target = resolve_path(scenario.targets.file, path)
         if not target.exists():

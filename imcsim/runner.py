@@ -9,8 +9,9 @@ from pathlib import Path
 import numba
 
 from imcsim.config import LoadedScenario, load_scenario, to_dict
-from imcsim.engine import build_timeline, run_events
+from imcsim.engine import build_timeline
 from imcsim.errors import InputError
+from imcsim.scenarios.network import NetworkRun
 from imcsim.scenarios.pcm_array import PCMArraySimulation
 from imcsim.store import TraceWriter
 
@@ -56,19 +57,22 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
     study = bool(loaded.variants)
     plans = []
     for name, overrides, sc in loaded.runs():
-        events = build_timeline(sc, sc.device.pulse_model().t_pulse)
+        one = LoadedScenario(sc, loaded.text, loaded.path)
         try:
-            sim = PCMArraySimulation(LoadedScenario(sc, loaded.text, loaded.path), sc.run.seed,
-                                     events)
+            if sc.network is not None:
+                sim = NetworkRun(one, sc.run.seed)
+            else:
+                sim = PCMArraySimulation(one, sc.run.seed,
+                                         build_timeline(sc, sc.device.pulse_model().t_pulse))
         except InputError as exc:
             where = f"{name}: " if study else ""
             raise InputError(f"{loaded.path or '<scenario>'}: {where}{exc}") from None
-        plans.append((name, overrides, sc, events, sim))
+        plans.append((name, overrides, sc, sim))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(p[3]) for p in plans), unit="event",
+        bar = tqdm(total=sum(p[3].n_steps for p in plans), unit="step",
                    desc=loaded.scenario.run.name, leave=False)
     try:
         with TraceWriter(out, overwrite=overwrite, single_run=not study) as writer:
@@ -78,19 +82,20 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
             if study:
                 writer.set_attrs(run_order=[p[0] for p in plans])
             run_writers = []
-            for name, overrides, sc, events, sim in plans:
+            for name, overrides, sc, sim in plans:
                 rw = writer.add_run(name) if study else writer.root
                 rw.set_attrs(scenario_resolved=json.dumps(to_dict(sc)),
-                             scenario_kind="pcm_array", run_name=name, seed=sc.run.seed,
-                             n_events=len(events), overrides=json.dumps(overrides))
+                             scenario_kind="network" if sc.network else "pcm_array",
+                             run_name=name, seed=sc.run.seed, n_steps=sim.n_steps,
+                             overrides=json.dumps(overrides))
                 sim.declare(rw)
                 run_writers.append(rw)
             writer.begin()
-            for (_, _, _, events, sim), rw in zip(plans, run_writers):
+            for (_, _, _, sim), rw in zip(plans, run_writers):
                 if study:
                     rw.set_status("running")
                 try:
-                    run_events(sim, events, bar.update if bar is not None else None)
+                    sim.run(bar.update if bar is not None else None)
                 except BaseException as exc:
                     if study:
                         rw.set_status("failed", f"{type(exc).__name__}: {exc}")

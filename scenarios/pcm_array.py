@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imcsim.config import MAX_PULSES, LoadedScenario, Step, resolve_path
-from imcsim.engine import STATE_CHANGING, Event
+from imcsim.engine import STATE_CHANGING, Event, run_events
 from imcsim.errors import InputError
 from imcsim.physics import crossbar, pcm, rng
 from imcsim.scenarios import programming
@@ -194,6 +194,14 @@ class PCMArraySimulation:
                 ("mvm_error_last", "1", "relative MVM error at the last MVM"),
                 ("mvm_error_gdc_last", "1", "compensated relative MVM error at the last MVM")):
             w.declare_metric(name, units, desc)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.events)
+
+    def run(self, progress=None):
+        """All events in time order (``progress(n)`` after each batch)."""
+        run_events(self, self.events, progress)
 
     def _gdp_iterations(self, e: Event) -> int:
         """GDP iterations an event will run (refreshes repeat the last program step)."""

@@ -9,11 +9,14 @@ text was not available to us; the algorithm below follows the published summary
 
 Every iteration k (all devices in parallel, no per-cell read):
 
-1. random inputs x ~ U[−r_in, r_in]^(B × rows) through the DAC (x = r_in·x_q);
+1. random inputs x ~ U[−a·r_in, a·r_in]^(B × rows) through the DAC, a ≤ 1 the input scale
+   (``input_scale``; 0 picks the largest a for which three standard deviations of an ideal
+   column current stay within the ADC's full scale, so the gradient is not read through a
+   saturated ADC);
 2. the tile's outputs y = ADC((G⁺ − G⁻)ᵀ·v_read·x_q) in weight units, with the device read
    noise of the moment;
-3. error E = y − x·W_T and gradient ∇ = xᵀE/B of ½‖E‖²/B; since E[x xᵀ] = (r_in²/3)·I,
-   the weight error is estimated as ΔW_est = 3∇/r_in²;
+3. error E = y − x·W_T and gradient ∇ = xᵀE/B of ½‖E‖²/B; since E[x xᵀ] = ((a·r_in)²/3)·I,
+   the weight error is estimated as ΔW_est = 3∇/(a·r_in)²;
 4. the step ΔW = −η_k·ΔW_est becomes one partial-SET pulse per pair: on G⁺ where ΔW > 0, on
    G⁻ where ΔW < 0, of normalised amplitude s = min(|ΔW|·(g_max/w_scale)/Δg_0, 1), the
    nominal fresh-cell increment Δg_0 converting siemens to amplitude (the controller knows
@@ -50,6 +53,7 @@ class GDPPolicy:
     s_min: float = 0.0
     max_pulses: int = 40
     t_iteration: float = 1e-6
+    input_scale: float = 0.0
 
 
 @dataclass
@@ -81,6 +85,17 @@ def learning_rates(policy: GDPPolicy) -> np.ndarray:
     return policy.lr * (policy.lr_final / policy.lr) ** (k / span)
 
 
+def gdp_input_scale(w_target, weight_scale: float, g_max: float,
+                    periphery: crossbar.Periphery) -> float:
+    """Largest a ≤ 1 with 3σ of the ideal column currents under U[−a, a] inputs (full-scale
+    DAC codes) within the ADC full scale: σ_j = a·v_read·sqrt(Σ_i G_ij²/3), G = W·g_max/w_s."""
+    if periphery.adc_bits <= 0:
+        return 1.0
+    g = np.asarray(w_target) * (g_max / weight_scale)
+    sigma = periphery.v_read * float(np.sqrt(np.max(np.sum(g * g, axis=0)) / 3.0))
+    return min(1.0, periphery.adc_full_scale / (3.0 * sigma)) if sigma > 0 else 1.0
+
+
 def program_gdp(state: TileState, w_target: np.ndarray, *, pulse: pcm.PulseModel,
                 stat: pcm.StatisticalModel, periphery: crossbar.Periphery,
                 weight_scale: float, policy: GDPPolicy, seed: int, counter0: int,
@@ -104,15 +119,17 @@ def program_gdp(state: TileState, w_target: np.ndarray, *, pulse: pcm.PulseModel
     rates = learning_rates(policy)
     trace = GDPTrace(np.empty(policy.iterations), np.empty(policy.iterations),
                      np.empty(policy.iterations), rates.copy())
+    scale = policy.input_scale or gdp_input_scale(w_target, weight_scale, stat.g_max,
+                                                   periphery)
     amplitude = np.empty(2 * n)
     read = np.empty((1, 2 * n))
     grad = np.empty((rows, cols))
     for k in range(policy.iterations):
         t = t_start + (k + 1) * policy.t_iteration
         counter = np.uint64(counter0 + 1 + k)
-        x_q = crossbar.dac(2.0 * rng.uniforms(seed, STREAM_GDP_INPUT, (policy.batch, rows),
-                                              counter=counter) - 1.0, periphery)
-        x = periphery.input_range * x_q
+        u = 2.0 * rng.uniforms(seed, STREAM_GDP_INPUT, (policy.batch, rows), counter=counter)
+        x = periphery.input_range * crossbar.dac(scale * (u - 1.0) * periphery.input_range,
+                                                 periphery)
         # The state-dependent read noise of the devices as they are now.
         pcm.draw_drift_state(g, g, stat.g_max, stat.model_id, stat.drift_scale, seed, counter,
                              state.nu, state.q_s)
@@ -126,7 +143,7 @@ def program_gdp(state: TileState, w_target: np.ndarray, *, pulse: pcm.PulseModel
         error = y - y_target
         trace.mvm_error[k] = np.linalg.norm(error) / np.linalg.norm(y_target)
         crossbar.matmul_tn(x, error, grad)
-        step_g = (-rates[k] * 3.0 / (policy.batch * periphery.input_range ** 2)
+        step_g = (-rates[k] * 3.0 / (policy.batch * (scale * periphery.input_range) ** 2)
                   * g_per_weight) * grad.reshape(-1)
         s = np.minimum(np.abs(step_g) / pulse.dg0, 1.0)
         s[s < policy.s_min] = 0.0
