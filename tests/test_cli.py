@@ -358,7 +358,7 @@ def test_run_info_plot(tiny_scenario, tiny_toml, tmp_path):
         assert a["error"] == ""
         assert from_dict(Scenario, tr.scenario, "") == parse_scenario(tiny_toml).scenario
         n_events = len(tr.events())
-        assert n_events == a["n_events"]
+        assert n_events == a["n_steps"]  # one logged event per timeline event
         s = tr.series("conductance_subset")
         assert s.data.shape == (4, 16) and s.units == "S"
         assert np.all(np.isfinite(s.data)) and np.all(s.data >= 0)
