@@ -42,6 +42,7 @@ class StudyRun:
     mvm_error: np.ndarray
     mvm_error_gdc: np.ndarray
     gdp: dict = field(default_factory=dict)  # t, mvm_error, pulses_mean of GDP iterations
+    verify: dict = field(default_factory=dict)  # the same for verify budgets 1..max_pulses
 
     def error_at(self, t: float, compensated: bool = False) -> float:
         """MVM error at the MVM time closest to ``t`` (s, log distance)."""
@@ -62,11 +63,12 @@ def load_study(path: str | Path) -> list[StudyRun]:
             series = tr.series_names()
             mvm = tr.series("mvm_error") if "mvm_error" in series else None
             gdc = tr.series("mvm_error_gdc") if "mvm_error_gdc" in series else None
-            gdp = {}
-            if "gdp_mvm_error" in series:
-                e = tr.series("gdp_mvm_error")
-                gdp = {"t": e.t, "mvm_error": e.data,
-                       "pulses_mean": tr.series("gdp_pulses_mean").data}
+            curves = {}
+            for prefix in ("gdp", "verify"):
+                if f"{prefix}_mvm_error" in series:
+                    e = tr.series(f"{prefix}_mvm_error")
+                    curves[prefix] = {"t": e.t, "mvm_error": e.data,
+                                      "pulses_mean": tr.series(f"{prefix}_pulses_mean").data}
             runs.append(StudyRun(
                 name=name or str(tr.attrs.get("run_name", "run")), method=method_label(sc),
                 targets=sc.get("targets", {}).get("distribution", "uniform"),
@@ -74,7 +76,8 @@ def load_study(path: str | Path) -> list[StudyRun]:
                 metrics={k: v for k, (v, _) in tr.metrics().items()},
                 mvm_t=mvm.t if mvm is not None else np.zeros(0),
                 mvm_error=mvm.data if mvm is not None else np.zeros(0),
-                mvm_error_gdc=gdc.data if gdc is not None else np.zeros(0), gdp=gdp))
+                mvm_error_gdc=gdc.data if gdc is not None else np.zeros(0),
+                gdp=curves.get("gdp", {}), verify=curves.get("verify", {})))
     return runs
 
 
@@ -154,13 +157,18 @@ def programming_figure(path: str | Path, out: str | Path) -> Path:
 
     ax = axes[1, 1]
     for key, rs in groups.items():
-        ax.scatter([r.metrics.get("pulses_mean", np.nan) for r in rs],
-                   [r.error_at(1.0) * 100 for r in rs], color=colours[key],
-                   label=f"{key[0]}, {key[1]}")
+        r = rs[-1]  # the finest ADC of the group
+        curve = r.gdp or r.verify
+        if curve:
+            ax.plot(curve["pulses_mean"], curve["mvm_error"] * 100, "-", color=colours[key],
+                    label=f"{key[0]}, {key[1]}, {r.adc_bits}-bit")
+        ax.scatter([x.metrics.get("pulses_mean", np.nan) for x in rs],
+                   [x.error_at(1.0) * 100 for x in rs], color=colours[key], s=12,
+                   label=None if curve else f"{key[0]}, {key[1]}")
     ax.set_yscale("log")
-    ax.set_xlabel("mean pulses per device (cap equal for all)")
-    ax.set_ylabel("MVM error at 1 s (%)")
-    ax.set_title("Error vs pulses actually spent")
+    ax.set_xlabel("mean pulses per device spent (cap equal for all)")
+    ax.set_ylabel("MVM error through the ADC (%)")
+    ax.set_title("Error vs pulses: during programming (lines), at 1 s (dots)")
     ax.legend(fontsize=8)
     fig.suptitle(f"{Path(path).name}: programming study ({len(runs)} runs)")
     out = Path(out)

@@ -449,13 +449,19 @@ class Step:
 @dataclass(frozen=True)
 class RecordSection:
     """What goes to the trace: ``subset`` devices recorded at every read (chosen at random
-    by the seed), ``store_outputs`` keeps every MVM output vector."""
+    by the seed), ``store_outputs`` keeps every MVM output vector, ``programming_curves``
+    records program-and-verify's MVM error after each pulse budget 1..max_pulses (GDP always
+    records its error per iteration), ``snapshot_every`` > 0 keeps every device's conductance
+    every that many GDP iterations or verify budgets."""
 
     subset: int = 256
     store_outputs: bool = False
+    programming_curves: bool = False
+    snapshot_every: int = 0
 
     def validate(self, where):
         _positive(where, "subset", self.subset)
+        _positive(where, "snapshot_every", self.snapshot_every, strict=False)
 
 
 @dataclass(frozen=True)

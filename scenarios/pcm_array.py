@@ -171,7 +171,23 @@ class PCMArraySimulation:
                             "relative MVM error with global drift compensation"),
                            ("gdc_alpha", "global drift compensation factor alpha")):
             w.declare_series(name, (), "f8", "1", desc, n=count["mvm"])
+        n_rounds = sum(self._verify_rounds(e) for e in events)
+        if n_rounds:
+            w.declare_series("verify_mvm_error", (), "f8", "1",
+                             "relative MVM error through the ADC (read noise included) of "
+                             "program-and-verify stopped at a per-device budget of 1, 2, ... "
+                             "pulses (the same draws as the full run)", n=n_rounds)
+            w.declare_series("verify_pulses_mean", (), "f8", "1",
+                             "mean pulses per device spent at that budget", n=n_rounds)
         n_gdp = sum(self._gdp_iterations(e) for e in events)
+        every = self.sc.record.snapshot_every
+        n_snap = sum((self._gdp_iterations(e) or self._verify_rounds(e)) // every
+                     for e in events) if every else 0
+        if n_snap:
+            w.declare_series("programming_snapshot", self.shape, "f8", "S",
+                             "every device's conductance during programming, every "
+                             "snapshot_every GDP iterations or verify budgets "
+                             "[sample, pair, row, col]", n=n_snap)
         if n_gdp:
             w.declare_series("gdp_mvm_error", (), "f8", "1",
                              "relative MVM error seen through the ADC at each GDP iteration",
@@ -203,15 +219,28 @@ class PCMArraySimulation:
         """All events in time order (``progress(n)`` after each batch)."""
         run_events(self, self.events, progress)
 
-    def _gdp_iterations(self, e: Event) -> int:
-        """GDP iterations an event will run (refreshes repeat the last program step)."""
+    def _program_step(self, e: Event):
+        """The program step an event runs (refreshes repeat the last one before them)."""
+        if e.kind not in ("program", "refresh"):
+            return None
         step = None
         for k, st in enumerate(self.sc.timeline):
             if st.kind == "program" and k <= e.step:
                 step = st
-        if e.kind not in ("program", "refresh") or step is None or step.method != "gdp":
+        return step
+
+    def _verify_rounds(self, e: Event) -> int:
+        """Budgets recorded for a differential verify event (0 unless curves are on)."""
+        step = self._program_step(e)
+        if (not self.sc.record.programming_curves or step is None or step.method != "verify"
+                or not step.verify.differential):
             return 0
-        return step.gdp.iterations
+        return step.verify.max_pulses
+
+    def _gdp_iterations(self, e: Event) -> int:
+        """GDP iterations an event will run (refreshes repeat the last program step)."""
+        step = self._program_step(e)
+        return step.gdp.iterations if step is not None and step.method == "gdp" else 0
 
     # -- dispatch -----------------------------------------------------------------------
     def handle(self, batch: list[Event]):
@@ -285,6 +314,8 @@ class PCMArraySimulation:
         if p.differential:
             ok = np.zeros(n // 2, dtype=np.bool_)
             target = prog.g_target[:n // 2] - prog.g_target[n // 2:]
+            if self._verify_rounds(e):
+                self._record_verify_rounds(e, p, target, counter)
             pcm.program_verify_pairs(target, self.g_prog, *common, ok)
             ok = np.concatenate([ok, ok])  # a pair's verdict, for both its devices
         else:
@@ -294,14 +325,50 @@ class PCMArraySimulation:
         self._draw_drift_state(self.g_prog, self.g_prog, counter)
         return n_pulses.astype(float), ok.astype(float)
 
+    def _record_verify_rounds(self, e, p, target, counter):
+        """The run stopped at budgets 1..max_pulses: draws are keyed on each device's pulse
+        number, so budget k reproduces the full run's first k pulses of every device."""
+        n = self.g_prog.size
+        every = self.sc.record.snapshot_every
+        for k in range(1, p.max_pulses + 1):
+            g = np.empty(n)
+            pulses = np.zeros(n, dtype=np.int64)
+            ok = np.zeros(n // 2, dtype=np.bool_)
+            pcm.program_verify_pairs(target, g, self.params.dg0, self.params.g_sat,
+                                     self.params.g_reset, self.pulse.dg0, self.pulse.g_sat,
+                                     self.pulse.sigma_c2c, self.pulse.sigma_reset, p.tolerance,
+                                     k, p.read_noise, p.read_resolution, p.step_fraction,
+                                     p.s_min, self.seed, counter, pulses, ok)
+            t = e.t + k * self.pulse.t_pulse
+            state = programming.TileState(g, e.t + pulses * self.pulse.t_pulse, np.empty(n),
+                                          np.empty(n), self.params)
+            pcm.draw_drift_state(g, g, self.stat.g_max, self.stat.model_id,
+                                 self.stat.drift_scale, self.seed, counter, state.nu,
+                                 state.q_s)
+            err = programming.mvm_error(state, self.w_mapped, t, stat=self.stat,
+                                        periphery=self.periphery,
+                                        weight_scale=self.sc.array.weight_scale,
+                                        seed=int(self.seed), counter=int(counter) + k)
+            self.writer.append("verify_mvm_error", t, err)
+            self.writer.append("verify_pulses_mean", t, float(pulses.mean()))
+            if every and k % every == 0:
+                self.writer.append("programming_snapshot", t, g.reshape(self.shape))
+
     def _program_gdp(self, e, prog, counter):
         n = self.g_prog.size
         state = programming.TileState(self.g_prog, self.t_prog, self.nu, self.q_s, self.params)
         n_pulses = np.zeros(n, dtype=np.int64)
+        every = self.sc.record.snapshot_every
+
+        def snapshot(k, t, tile):
+            if every and (k + 1) % every == 0:
+                self.writer.append("programming_snapshot", t, tile.g.reshape(self.shape))
+
         trace = programming.program_gdp(
             state, self.w_mapped, pulse=self.pulse, stat=self.stat, periphery=self.periphery,
             weight_scale=self.sc.array.weight_scale, policy=prog.step.gdp.policy(),
-            seed=int(self.seed), counter0=int(counter), t_start=e.t, pulses_out=n_pulses)
+            seed=int(self.seed), counter0=int(counter), t_start=e.t, pulses_out=n_pulses,
+            on_iteration=snapshot)
         for t, err, pulses in zip(trace.t, trace.mvm_error, trace.pulses_mean):
             self.writer.append("gdp_mvm_error", t, err)
             self.writer.append("gdp_pulses_mean", t, pulses)

@@ -333,3 +333,26 @@ def test_gdp_corrects_ir_drop_that_a_per_cell_verify_cannot_see():
         errors[method] = mvm_error(state, w, 1.0, stat=pcm.JOSHI_2020, periphery=periphery,
                                    weight_scale=1.0, seed=9, counter=3, read_noise=False)
     assert errors["gdp"] < 0.7 * errors["verify"], errors
+
+
+def test_verify_budget_curves_reproduce_the_full_run(tmp_path):
+    """Budget k replays the first k pulses of every device of the full run, so the curve ends
+    exactly at the programmed state; snapshots come every `snapshot_every` budgets."""
+    from imcsim.config import parse_scenario
+    from imcsim.runner import run_scenario
+    from imcsim.store import Trace
+
+    text = GDP_SCENARIO.format(method="verify").replace(
+        "[periphery]", "[record]\nsubset = 16\nprogramming_curves = true\nsnapshot_every = 8\n"
+        "[periphery]")
+    out = run_scenario(parse_scenario(text), tmp_path / "v.h5")
+    with Trace(out) as tr:
+        err = tr.series("verify_mvm_error")
+        pulses = tr.series("verify_pulses_mean").data
+        snaps = tr.series("programming_snapshot")
+        final = tr.series("g_programmed").data[0]
+        assert err.t.size == 40 and snaps.t.size == 5
+        assert np.array_equal(snaps.data[-1], final)  # budget 40 = the run itself
+        assert pulses[-1] == tr.series("pulses").data[0].mean()
+        assert err.data[0] > 0.9 and err.data[-1] < 0.15
+        assert np.all(np.diff(pulses) >= 0)
