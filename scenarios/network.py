@@ -182,8 +182,14 @@ class NetworkRun:
     """The network-level check of a scenario with a ``[network]`` table, as a trace run."""
 
     def __init__(self, loaded, seed: int):
+        from threadpoolctl import threadpool_limits
+
         from imcsim.config import resolve_path
 
+        with threadpool_limits(1, user_api="blas"):  # thread-count-independent results
+            self._prepare(loaded, resolve_path)
+
+    def _prepare(self, loaded, resolve_path):
         sc = loaded.scenario
         net = sc.network
         self.net = net
@@ -242,6 +248,13 @@ class NetworkRun:
         w.declare_metric("float_accuracy", "1", "test accuracy of the float network")
 
     def run(self, progress=None):
+        # BLAS stays on one thread: results must not depend on its thread count.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            self._run(progress)
+
+    def _run(self, progress):
         net, w = self.net, self.writer
         w.set_metric("float_accuracy", self.float_accuracy)
         for method in net.methods:

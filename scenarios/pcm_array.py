@@ -61,10 +61,6 @@ def random_inputs(seed: int, batch: int, rows: int, which: int) -> np.ndarray:
     return 2.0 * rng.uniforms(seed, rng.STREAM_INPUT, (batch, rows), counter=which) - 1.0
 
 
-def relative_error(y, y_ideal) -> float:
-    return float(np.linalg.norm(y - y_ideal) / np.linalg.norm(y_ideal))
-
-
 @dataclass
 class _Programmed:
     """What the last programming step did (for refresh)."""
@@ -110,7 +106,8 @@ class PCMArraySimulation:
         cal_batch = max((s.batch for s in sc.timeline if s.kind == "calibrate"), default=1)
         self.x_mvm = random_inputs(seed, mvm_batch, rows, _INPUT_MVM)
         self.x_cal = random_inputs(seed, cal_batch, rows, _INPUT_CALIBRATION)
-        self.y_ideal = self.x_mvm @ self.w_mapped
+        self.y_ideal = np.empty((self.x_mvm.shape[0], cols))
+        crossbar.matmul(self.x_mvm, self.w_mapped, self.y_ideal)
         self.gdc_reference = np.nan
         self.gdc_batch = 0
         self.first_program_error = np.nan
@@ -288,7 +285,7 @@ class PCMArraySimulation:
             self.first_program_error = float(np.sqrt(np.mean((diff - target) ** 2)))
             self.writer.set_metric("programming_error_rms", self.first_program_error)
             self.writer.set_metric("weight_error_relative",
-                                   float(np.linalg.norm(diff - target) / np.linalg.norm(target)))
+                                   programming.relative_error(diff, target))
             self.writer.set_metric("converged_fraction", float(converged.mean()))
         self._record_state(e.t, pulses, converged)
 
@@ -415,14 +412,15 @@ class PCMArraySimulation:
         w = self.writer
         b = self.sc.timeline[e.step].batch
         y = self._mvm(g, self.x_mvm[:b])
-        err = relative_error(y, self.y_ideal[:b])
+        err = programming.relative_error(y, self.y_ideal[:b])
         alpha = np.nan
         if np.isfinite(self.gdc_reference):
             y_cal = self._mvm(g, self.x_cal[:self.gdc_batch])
             level = float(np.mean(np.abs(y_cal)))
             # A tile whose outputs all read 0 (e.g. below one ADC step) cannot be rescaled.
             alpha = self.gdc_reference / level if level > 0.0 else np.nan
-        err_gdc = relative_error(alpha * y, self.y_ideal[:b]) if np.isfinite(alpha) else err
+        err_gdc = (programming.relative_error(alpha * y, self.y_ideal[:b])
+                   if np.isfinite(alpha) else err)
         w.append("mvm_error", e.t, err)
         w.append("mvm_error_gdc", e.t, err_gdc)
         w.append("gdc_alpha", e.t, alpha)

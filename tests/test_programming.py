@@ -356,3 +356,21 @@ def test_verify_budget_curves_reproduce_the_full_run(tmp_path):
         assert pulses[-1] == tr.series("pulses").data[0].mean()
         assert err.data[0] > 0.9 and err.data[-1] < 0.15
         assert np.all(np.diff(pulses) >= 0)
+
+
+def test_gdp_trace_does_not_depend_on_the_blas_thread_count(tmp_path, read_datasets):
+    """Norms and products use numpy's own sums or the project's kernels, never BLAS threads,
+    so the trace is the same whatever OPENBLAS_NUM_THREADS is."""
+    from threadpoolctl import threadpool_limits
+
+    from imcsim.config import parse_scenario
+    from imcsim.runner import run_scenario
+
+    # a batch large enough (1024 x 24 outputs) for OpenBLAS to split its reductions
+    text = GDP_SCENARIO.format(method="gdp").replace("batch = 256 }", "batch = 1024 }")
+    assert "batch = 1024 }" in text
+    outs = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            outs.append(run_scenario(parse_scenario(text), tmp_path / f"b{threads}.h5"))
+    assert read_datasets(outs[0]) == read_datasets(outs[1])
