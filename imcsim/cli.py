@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -111,13 +112,72 @@ def _study_summary(trace: Path):
 
 
 @main.command()
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "directory", type=click.Path(path_type=Path), required=True,
+              help="folder for sweep.h5 and the run files")
+@click.option("--workers", type=int, default=2, help="LocalCluster worker processes")
+@click.option("--threads-per-worker", type=int, default=1, help="threads per worker")
+@click.option("--scheduler", default=None, help="address of a running dask scheduler")
+@click.option("--resume", is_flag=True, help="finish a sweep in DIR: run what is not complete")
+@click.option("--timeout", type=float, default=10.0, help="seconds to wait for --scheduler")
+@click.option("--progress/--no-progress", default=None, help="progress bar (default: on a "
+              "terminal)")
+def sweep(spec, directory, workers, threads_per_worker, scheduler, resume, timeout, progress):
+    """Run the sweep SPEC on dask.distributed into DIR (a LocalCluster unless --scheduler)."""
+    from imcsim.sweep import load_sweep, run_sweep
+
+    if workers < 1 or threads_per_worker < 1:
+        _fail("--workers and --threads-per-worker must be ≥ 1")
+    try:
+        spec_obj = load_sweep(spec)
+        status = run_sweep(spec_obj, directory, workers=workers,
+                           threads_per_worker=threads_per_worker, scheduler=scheduler,
+                           resume=resume, timeout=timeout,
+                           progress=sys.stderr.isatty() if progress is None else progress)
+    except InputError as exc:
+        _fail(str(exc))
+    counts = {s: list(status.values()).count(s) for s in ("complete", "failed", "pending")}
+    click.echo(f"{directory}: {counts['complete']} complete, {counts['failed']} failed, "
+               f"{counts['pending']} pending of {len(status)} runs")
+    if counts["failed"]:
+        sys.exit(1)
+
+
+def _sweep_summary(directory: Path):
+    import h5py
+
+    index = directory / "sweep.h5"
+    try:
+        f = h5py.File(index, "r")
+    except OSError:
+        _fail(f"{index}: not a readable sweep index")
+    with f:
+        status = [s.decode() for s in f["table/status"][:]]
+        runs_dir = directory / "runs"
+        files = [directory / name.decode() for name in f["table/file"][:]]
+        # a run file under its final name is complete, whatever the index last said
+        status = ["complete" if p.exists() else ("failed" if s == "failed" else "pending")
+                  for p, s in zip(files, status)]
+        axes = json.loads(f.attrs["axes"])
+        click.echo(f"{directory}: sweep '{f.attrs['name']}'  {len(status)} runs: "
+                   f"{status.count('complete')} complete, {status.count('failed')} failed, "
+                   f"{status.count('pending')} pending")
+        click.echo(f"  axes: {', '.join(axes)}; repeats {f.attrs['repeats']}; sweep seed "
+                   f"{f.attrs['seed']}; run files in {runs_dir}")
+
+
+@main.command()
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--run", default=None, help="run of a study file")
 def info(trace, run):
     """Summarise a trace file: status, provenance, datasets with shapes and units, metrics.
-    For a study file: one line per run, or one run's details with --run."""
+    For a study file: one line per run, or one run's details with --run. For a sweep folder:
+    runs complete, failed and pending."""
     from imcsim.store import open_trace
 
+    if Path(trace).is_dir():
+        _sweep_summary(Path(trace))
+        return
     if run is None:
         try:
             with open_trace(trace) as f:
@@ -202,6 +262,15 @@ def plot(trace, out, run):
         _fail(f"{out}: figure name must end in .png, .svg or .pdf")
     if not out.parent.exists():
         _fail(f"{out}: directory {out.parent} does not exist")
+    if Path(trace).is_dir():
+        from imcsim.analysis.sweep import sweep_figure
+
+        if not (Path(trace) / "sweep.h5").exists():
+            _fail(f"{trace}: folder holds no sweep.h5")
+        with np.errstate(all="ignore"):
+            sweep_figure(trace, out)
+        click.echo(f"wrote {out}")
+        return
     if run is None:
         try:
             with open_trace(trace) as f:
