@@ -215,6 +215,11 @@ def info(trace, run):
 
             for line in format_accuracy_table(accuracy_table(tr)):
                 click.echo(line)
+        if a.get("scenario_kind") == "training" and tr.status == "complete":
+            from imcsim.analysis.training import format_training_table, training_table
+
+            for line in format_training_table(training_table(tr)):
+                click.echo(line)
 
 
 @main.command()

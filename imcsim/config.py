@@ -505,6 +505,73 @@ class NetworkSection:
 
 
 @dataclass(frozen=True)
+class MemristorSection:
+    """Overrides of the bulk-switching memristor model (physics.memristor), SI units."""
+
+    g_min: float | None = None
+    g_max: float | None = None
+    pulses_full: int | None = None
+    a_potentiation: float | None = None
+    a_depression: float | None = None
+    sigma_c2c: float | None = None
+    sigma_d2d_a: float | None = None
+    sigma_d2d_window: float | None = None
+    sigma_read: float | None = None
+
+    def validate(self, where):
+        for name in ("g_min", "g_max", "pulses_full", "a_potentiation", "a_depression"):
+            _positive(where, name, getattr(self, name))
+        for name in ("sigma_c2c", "sigma_d2d_a", "sigma_d2d_window", "sigma_read"):
+            _positive(where, name, getattr(self, name), strict=False)
+        if self.g_min is not None and self.g_max is not None and self.g_max <= self.g_min:
+            raise InputError(f"{where}.g_max: must be above g_min")
+
+    def model(self):
+        from imcsim.physics import memristor
+
+        return dataclasses.replace(memristor.BulkSwitchingModel(), **to_dict(self))
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    """On-device training study (scenarios.mixed_precision): an MLP with ``hidden`` layers on
+    scikit-learn's digits, trained for ``epochs`` with minibatch ``batch`` and learning rate
+    ``lr`` by each of ``rules`` ("float", "analog", "mixed") for each of ``seeds``; weights
+    span ±``w_max`` of the memristor window; at most ``max_pulses`` per device and update;
+    ``dac_bits``/``adc_bits`` of the tiles; ``memristor`` overrides the device model."""
+
+    hidden: tuple[int, ...] = (64,)
+    epochs: int = 15
+    batch: int = 32
+    lr: float = 0.1
+    w_max: float = 1.0
+    max_pulses: int = 16
+    dac_bits: int = 8
+    adc_bits: int = 8
+    rules: tuple[Literal["float", "analog", "mixed"], ...] = ("float", "analog", "mixed")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    memristor: MemristorSection = field(default_factory=MemristorSection)
+
+    def validate(self, where):
+        for name in ("epochs", "batch", "lr", "w_max", "max_pulses"):
+            _positive(where, name, getattr(self, name))
+        if not self.rules:
+            raise InputError(f"{where}.rules: needs at least one rule")
+        if not self.seeds:
+            raise InputError(f"{where}.seeds: needs at least one seed")
+        if any(h <= 0 for h in self.hidden):
+            raise InputError(f"{where}.hidden: layer sizes must be > 0")
+
+    def config(self, seed: int):
+        from imcsim.scenarios.mixed_precision import TrainingConfig
+
+        return TrainingConfig(hidden=tuple(self.hidden), epochs=self.epochs, batch=self.batch,
+                              lr=self.lr, w_max=self.w_max, max_pulses=self.max_pulses,
+                              dac_bits=self.dac_bits, adc_bits=self.adc_bits, seed=seed,
+                              model=self.memristor.model())
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A PCM crossbar scenario (tables: run, device, array, targets, record, periphery,
     timeline)."""
@@ -516,10 +583,14 @@ class Scenario:
     record: RecordSection = field(default_factory=RecordSection)
     periphery: PeripherySection = field(default_factory=PeripherySection)
     network: NetworkSection | None = None
+    training: TrainingSection | None = None
     timeline: tuple[Step, ...] = ()
 
     def validate(self, where):
-        if self.network is not None:
+        if self.network is not None and self.training is not None:
+            raise InputError(f"{where}training: a scenario is a network check or a training "
+                             "study, not both")
+        if self.network is not None or self.training is not None:
             return
         if not self.timeline:
             raise InputError(f"{where}timeline: needs at least one step")

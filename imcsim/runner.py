@@ -11,6 +11,7 @@ import numba
 from imcsim.config import LoadedScenario, load_scenario, to_dict
 from imcsim.engine import build_timeline
 from imcsim.errors import InputError
+from imcsim.scenarios.mixed_precision import TrainingRun
 from imcsim.scenarios.network import NetworkRun
 from imcsim.scenarios.pcm_array import PCMArraySimulation
 from imcsim.store import TraceWriter
@@ -61,6 +62,8 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
         try:
             if sc.network is not None:
                 sim = NetworkRun(one, sc.run.seed)
+            elif sc.training is not None:
+                sim = TrainingRun(one, sc.run.seed)
             else:
                 sim = PCMArraySimulation(one, sc.run.seed,
                                          build_timeline(sc, sc.device.pulse_model().t_pulse))
@@ -85,7 +88,8 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
             for name, overrides, sc, sim in plans:
                 rw = writer.add_run(name) if study else writer.root
                 rw.set_attrs(scenario_resolved=json.dumps(to_dict(sc)),
-                             scenario_kind="network" if sc.network else "pcm_array",
+                             scenario_kind=("network" if sc.network else
+                                            "training" if sc.training else "pcm_array"),
                              run_name=name, seed=sc.run.seed, n_steps=sim.n_steps,
                              overrides=json.dumps(overrides))
                 sim.declare(rw)

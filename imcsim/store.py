@@ -98,7 +98,8 @@ class RunWriter:
         return d
 
     def declare_series(self, name: str, sample_shape: tuple[int, ...], dtype, units: str,
-                       description: str, n: int | None = None):
+                       description: str, n: int | None = None, time_units: str = "s",
+                       time_description: str = "scenario time of each sample"):
         """Declare a time series of samples of ``sample_shape``; ``n``: expected number of
         samples (sizes the chunks; the series still grows past it)."""
         self._owner._check_declaring()
@@ -112,8 +113,8 @@ class RunWriter:
         data.attrs["description"] = description
         data.attrs["time_axis"] = "t"
         t = g.create_dataset("t", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
-        t.attrs["units"] = "s"
-        t.attrs["description"] = "scenario time of each sample"
+        t.attrs["units"] = time_units
+        t.attrs["description"] = time_description
         self._series[name] = (data, t)
 
     def declare_metric(self, name: str, units: str, description: str):

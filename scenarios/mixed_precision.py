@@ -1,0 +1,277 @@
+"""On-device training of an MLP on bulk-switching memristor tiles: float SGD, plain analog SGD
+and mixed-precision updates (Nandakumar et al., Front. Neurosci. 2020; as used on chip by
+Wu, ..., Lu, arXiv 2305.14547).
+
+Mapping. Every weight is one memristor against a fixed reference conductance G_ref = (G_min +
+G_max)/2 of the nominal window: W = (G − G_ref)·w_max/G_half, G_half = (G_max − G_min)/2, so
+the window spans ±w_max. Initial weights (He initialisation, clipped) are written exactly,
+standing for a program-and-verify before training.
+
+Each minibatch (all rules see the same batches and initial weights):
+
+* forward: every layer's product x·W runs on its tile (:func:`crossbar.tile_mvm`) with the
+  devices read at this batch (relative read noise), an 8-bit DAC whose range follows the
+  batch's largest |x| (dynamic input scaling) and an ADC whose full scale is set once per
+  layer from the first batch (3× its largest current); bias and ReLU are digital;
+* backward: the error of a hidden layer, δ·Wᵀ, runs on the same tile transposed (columns
+  driven, rows read), with the same periphery rules; the weight gradient xᵀδ/B is digital;
+* update, by rule:
+  - ``float``: the weights are float numbers updated by SGD (no tiles at all: the baseline);
+  - ``analog``: ΔW = −η∇ becomes n = round(ΔW/ε) pulses at once (|n| ≤ ``max_pulses``), ε
+    the nominal weight change of one pulse at mid-window: small updates are lost, large ones
+    are applied through the nonlinear, noisy, asymmetric device;
+  - ``mixed``: χ ← χ − η∇ accumulates in float; n = trunc(χ/ε) pulses where |χ| ≥ ε, and
+    χ ← χ − n·ε (the nominal change, not a verified one).
+Biases are digital and updated by SGD under every rule. Pulse k of a device draws its noise
+at its own running pulse count, so results do not depend on thread count or batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imcsim.physics import crossbar, memristor
+from imcsim.scenarios import digits
+
+RULES = ("float", "analog", "mixed")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Training settings: MLP ``hidden`` sizes, ``epochs``, ``batch``, learning rate ``lr``,
+    weight range ``w_max`` (the window maps to ±w_max), ``max_pulses`` per update and device,
+    DAC/ADC ``dac_bits``/``adc_bits``, ``v_read`` (V), ``seed`` (data split, initial weights,
+    batch order and devices)."""
+
+    hidden: tuple[int, ...] = (64,)
+    epochs: int = 15
+    batch: int = 32
+    lr: float = 0.1
+    w_max: float = 1.0
+    max_pulses: int = 16
+    dac_bits: int = 8
+    adc_bits: int = 8
+    v_read: float = 0.2
+    seed: int = 0
+    model: memristor.BulkSwitchingModel = field(default_factory=memristor.BulkSwitchingModel)
+
+
+@dataclass
+class History:
+    """Per-epoch test accuracy, training loss and cumulative mean pulses per device."""
+
+    accuracy: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    pulses_mean: list = field(default_factory=list)
+    pulses: np.ndarray | None = None  # per device, at the end
+    conductance: list = field(default_factory=list)  # per epoch, all devices (S)
+
+
+def nominal_step(model: memristor.BulkSwitchingModel, w_max: float) -> float:
+    """ε: weight change of one potentiation pulse at mid-window on a nominal device."""
+    g_mid = 0.5 * (model.g_min + model.g_max)
+    dg = memristor.pulse_response(model, 1, up=True, g0=g_mid)[1] - g_mid
+    return float(dg * w_max / (0.5 * (model.g_max - model.g_min)))
+
+
+class _Tiles:
+    """The devices of every layer, flat, with their per-device parameters."""
+
+    def __init__(self, shapes, cfg: TrainingConfig, weights):
+        m = cfg.model
+        self.shapes = shapes
+        self.sizes = [a * b for a, b in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        n = int(self.offsets[-1])
+        self.dev = memristor.draw_devices(m, n, cfg.seed)
+        self.g_ref = 0.5 * (m.g_min + m.g_max)
+        self.g_half = 0.5 * (m.g_max - m.g_min)
+        self.per_siemens = cfg.w_max / self.g_half
+        w = np.concatenate([np.clip(x, -cfg.w_max, cfg.w_max).ravel() for x in weights])
+        self.g = np.clip(self.g_ref + w / self.per_siemens, self.dev.g_min, self.dev.g_max)
+        self.count = np.zeros(n, dtype=np.int64)
+        self.read_buffer = np.empty(n)
+
+    def layer(self, k, flat):
+        return flat[self.offsets[k]:self.offsets[k + 1]].reshape(self.shapes[k])
+
+
+def _periphery(cfg, input_range, full_scale):
+    return crossbar.Periphery(dac_bits=cfg.dac_bits, adc_bits=cfg.adc_bits,
+                              input_range=max(input_range, 1e-12), v_read=cfg.v_read,
+                              adc_full_scale=max(full_scale, 1e-15))
+
+
+def _tile_product(g, g_ref, x, cfg, per_siemens, full_scale):
+    """x·W on a tile (weight units), W = (g − g_ref)·per_siemens."""
+    p = _periphery(cfg, float(np.max(np.abs(x))), full_scale)
+    return crossbar.tile_mvm(g, np.full_like(g, g_ref), x, p, per_siemens * 1.0, 1.0)
+
+
+def train(rule: str, cfg: TrainingConfig, data: digits.DataSplit | None = None) -> History:
+    """Train the MLP with one update rule; returns its history (accuracy on the test set).
+    BLAS runs on one thread, so the result does not depend on its thread count."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _train(rule, cfg, data)
+
+
+def _train(rule, cfg, data):
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    data = data or digits.load_digits_split(cfg.seed)
+    sizes = [data.x_train.shape[1], *cfg.hidden, int(data.y_train.max()) + 1]
+    params = digits.init_mlp(sizes, cfg.seed)
+    weights = [np.clip(w, -cfg.w_max, cfg.w_max) for w in params.weights]
+    biases = [b.copy() for b in params.biases]
+    shapes = [w.shape for w in weights]
+    tiles = None if rule == "float" else _Tiles(shapes, cfg, weights)
+    eps = nominal_step(cfg.model, cfg.w_max)
+    chi = [np.zeros(s) for s in shapes]
+    full_fwd = [None] * len(shapes)
+    full_bwd = [None] * len(shapes)
+    order_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7]))
+    history = History()
+    n_train = data.x_train.shape[0]
+    step = 0
+    seed = np.uint64(cfg.seed)
+
+    def current_weights(read_counter):
+        if tiles is None:
+            return weights
+        memristor.read(tiles.g, cfg.model.sigma_read, seed, np.uint64(read_counter),
+                       tiles.read_buffer)
+        return [tiles.layer(k, tiles.read_buffer) for k in range(len(shapes))]
+
+    def forward(x, read_counter, keep=False):
+        gs = current_weights(read_counter)
+        acts, h = [x], x
+        for k in range(len(shapes)):
+            if tiles is None:
+                z = h @ gs[k]
+            else:
+                if full_fwd[k] is None:  # ADC full scale: 3x the first batch's largest current
+                    ideal = h @ ((gs[k] - tiles.g_ref) * tiles.per_siemens)
+                    x_range = max(float(np.max(np.abs(h))), 1e-12)
+                    full_fwd[k] = 3.0 * float(np.max(np.abs(ideal))) / tiles.per_siemens \
+                        * cfg.v_read / x_range
+                z = _tile_product(gs[k], tiles.g_ref, h, cfg, tiles.per_siemens, full_fwd[k])
+            z = z + biases[k]
+            if k < len(shapes) - 1:
+                z = np.maximum(z, 0.0)
+            acts.append(z)
+            h = z
+        return (acts, gs) if keep else h
+
+    for _epoch in range(cfg.epochs):
+        losses = []
+        perm = order_rng.permutation(n_train)
+        for start in range(0, n_train, cfg.batch):
+            batch = perm[start:start + cfg.batch]
+            x, y = data.x_train[batch], data.y_train[batch]
+            acts, gs = forward(x, 2 * step, keep=True)
+            logits = acts[-1]
+            logits = logits - logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(axis=1, keepdims=True)
+            losses.append(float(-np.mean(np.log(p[np.arange(y.size), y] + 1e-300))))
+            delta = p
+            delta[np.arange(y.size), y] -= 1.0
+            delta /= y.size
+            grads = [None] * len(shapes)
+            for k in range(len(shapes) - 1, -1, -1):
+                grads[k] = acts[k].T @ delta
+                gb = delta.sum(axis=0)
+                if k > 0:
+                    if tiles is None:
+                        back = delta @ weights[k].T
+                    else:
+                        gt = gs[k].T.copy()
+                        if full_bwd[k] is None:
+                            ideal = delta @ ((gt - tiles.g_ref) * tiles.per_siemens)
+                            d_range = max(float(np.max(np.abs(delta))), 1e-30)
+                            full_bwd[k] = 3.0 * float(np.max(np.abs(ideal))) \
+                                / tiles.per_siemens * cfg.v_read / d_range
+                        back = _tile_product(gt, tiles.g_ref, delta, cfg, tiles.per_siemens,
+                                             full_bwd[k])
+                    delta = back * (acts[k] > 0.0)
+                biases[k] -= cfg.lr * gb
+            if tiles is None:
+                for k in range(len(shapes)):
+                    weights[k] -= cfg.lr * grads[k]
+            else:
+                n_pulses = np.zeros(tiles.g.size, dtype=np.int64)
+                for k in range(len(shapes)):
+                    update = -cfg.lr * grads[k]
+                    if rule == "analog":
+                        n = np.rint(update / eps)
+                    else:
+                        chi[k] += update
+                        n = np.trunc(chi[k] / eps)
+                    n = np.clip(n, -cfg.max_pulses, cfg.max_pulses)
+                    if rule == "mixed":
+                        chi[k] -= n * eps
+                    n_pulses[tiles.offsets[k]:tiles.offsets[k + 1]] = n.ravel().astype(np.int64)
+                memristor.apply_pulses(tiles.g, n_pulses, tiles.dev.g_min, tiles.dev.g_max,
+                                       tiles.dev.a_potentiation, tiles.dev.a_depression,
+                                       cfg.model.pulses_full, cfg.model.sigma_c2c, seed,
+                                       np.uint64(0), tiles.count)
+            step += 1
+        logits = forward(data.x_test, 2 * step + 1)
+        history.accuracy.append(float(np.mean(np.argmax(logits, axis=1) == data.y_test)))
+        history.loss.append(float(np.mean(losses)))
+        history.pulses_mean.append(float(tiles.count.mean()) if tiles is not None else 0.0)
+        if tiles is not None:
+            history.conductance.append(tiles.g.copy())
+    history.pulses = tiles.count.copy() if tiles is not None else None
+    return history
+
+
+class TrainingRun:
+    """The training study of a scenario with a ``[training]`` table, as a trace run."""
+
+    def __init__(self, loaded, seed: int):
+        self.section = loaded.scenario.training
+        self.rules = list(self.section.rules)
+        self.seeds = list(self.section.seeds)
+        self.n_steps = len(self.rules) * len(self.seeds)
+        self.writer = None
+
+    def declare(self, writer):
+        self.writer = w = writer
+        sec = self.section
+        w.set_attrs(training_rules=self.rules, training_seeds=self.seeds)
+        n = len(self.seeds)
+        for rule in self.rules:
+            for name, units, desc in (
+                    ("accuracy", "1", "test accuracy after each epoch, per seed"),
+                    ("loss", "1", "mean training loss of each epoch, per seed"),
+                    ("pulses_mean", "1", "mean pulses per device so far, per seed")):
+                w.declare_series(f"{name}_{rule}", (n,), "f8", units, f"{rule}: {desc}",
+                                 n=sec.epochs, time_units="epoch",
+                                 time_description="epochs completed")
+            w.declare_metric(f"accuracy_{rule}_final", "1",
+                             f"{rule}: test accuracy after the last epoch, mean over seeds")
+            w.declare_metric(f"pulses_{rule}_final", "1",
+                             f"{rule}: mean pulses per device over training, mean over seeds")
+
+    def run(self, progress=None):
+        w = self.writer
+        for rule in self.rules:
+            histories = []
+            for seed in self.seeds:
+                histories.append(train(rule, self.section.config(seed)))
+                if progress is not None:
+                    progress(1)
+            for epoch in range(self.section.epochs):
+                for name in ("accuracy", "loss", "pulses_mean"):
+                    w.append(f"{name}_{rule}", float(epoch + 1),
+                             [getattr(h, name)[epoch] for h in histories])
+            w.set_metric(f"accuracy_{rule}_final",
+                         float(np.mean([h.accuracy[-1] for h in histories])))
+            w.set_metric(f"pulses_{rule}_final",
+                         float(np.mean([h.pulses_mean[-1] for h in histories])))
+            w.flush()

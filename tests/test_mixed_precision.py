@@ -1,0 +1,85 @@
+"""On-device training on memristor tiles: the three update rules, determinism, the trace."""
+
+import numba
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from imcsim.cli import main
+from imcsim.config import parse_scenario
+from imcsim.physics import memristor
+from imcsim.runner import run_scenario
+from imcsim.scenarios import mixed_precision as mp
+from imcsim.store import Trace
+
+
+def test_nominal_step_is_one_mid_window_pulse():
+    model = memristor.BulkSwitchingModel()
+    g_mid = 0.5 * (model.g_min + model.g_max)
+    b = (model.g_max - model.g_min) / (1 - np.exp(-model.pulses_full / model.a_potentiation))
+    dg = (model.g_min + b - g_mid) * (1 - np.exp(-1 / model.a_potentiation))
+    assert mp.nominal_step(model, 2.0) == pytest.approx(dg * 2.0 / (0.5 * (model.g_max
+                                                                         - model.g_min)))
+
+
+@pytest.fixture(scope="module")
+def results():
+    """Final accuracy and pulses of every rule over three seeds (about 5 s in all)."""
+    out = {}
+    for rule in mp.RULES:
+        runs = [mp.train(rule, mp.TrainingConfig(seed=seed)) for seed in (0, 1, 2)]
+        out[rule] = (np.mean([h.accuracy[-1] for h in runs]),
+                     np.mean([h.pulses_mean[-1] for h in runs]), runs)
+    return out
+
+
+def test_mixed_precision_is_within_two_points_of_float_and_analog_sgd_is_worse(results):
+    float_acc, _, _ = results["float"]
+    mixed_acc, mixed_pulses, _ = results["mixed"]
+    analog_acc, _, _ = results["analog"]
+    assert float_acc > 0.9
+    assert mixed_acc > float_acc - 0.02
+    assert analog_acc < float_acc - 0.1  # small updates are lost below one device step
+    assert 0 < mixed_pulses < 16 * 15 * 43  # pulses only where the accumulator crossed ε
+
+
+def test_pulses_stay_within_the_cap_and_conductances_in_the_window(results):
+    model = memristor.BulkSwitchingModel()
+    for rule in ("analog", "mixed"):
+        for history in results[rule][2]:
+            assert history.pulses.max() <= 16 * 15 * 43
+            g = history.conductance[-1]
+            span = model.g_max - model.g_min
+            assert g.min() >= model.g_min - 5 * model.sigma_d2d_window * span
+            assert g.max() <= model.g_max + 5 * model.sigma_d2d_window * span
+
+
+def test_same_seed_same_curves_with_any_thread_count(restore_threads):
+    cfg = mp.TrainingConfig(epochs=3)
+    runs = []
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        h = mp.train("mixed", cfg)
+        runs.append((h.accuracy, h.loss, h.pulses_mean, h.pulses, h.conductance[-1]))
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_training_scenario_writes_curves_and_info_prints_the_table(tmp_path):
+    text = """
+[run]
+name = "mp"
+[training]
+epochs = 3
+seeds = [0, 1]
+"""
+    out = run_scenario(parse_scenario(text), tmp_path / "mp.h5")
+    with Trace(out) as tr:
+        acc = tr.series("accuracy_mixed")
+        assert acc.data.shape == (3, 2) and list(acc.t) == [1.0, 2.0, 3.0]
+        assert tr.file["series/accuracy_mixed/t"].attrs["units"] == "epoch"
+    result = CliRunner().invoke(main, ["info", str(out)])
+    assert result.exit_code == 0
+    assert "mean ± std over 2 seeds" in result.output
+    assert sum(line.split()[:1] in (["float"], ["analog"], ["mixed"])
+               for line in result.output.splitlines()) == 3
