@@ -289,6 +289,12 @@ def plot(trace, out, run):
             return
     tr = _open(trace, run)
     with tr, np.errstate(all="ignore"):
+        if tr.attrs.get("scenario_kind") == "training":
+            from imcsim.analysis.training import training_figure
+
+            training_figure(tr, out)
+            click.echo(f"wrote {out}")
+            return
         try:
             drift_figure(tr, out)
         except KeyError as exc:

@@ -28,6 +28,7 @@ at its own running pulse count, so results do not depend on thread count or batc
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ from imcsim.physics import crossbar, memristor
 from imcsim.scenarios import digits
 
 RULES = ("float", "analog", "mixed")
+PROGRAM_STREAM = 23  # programming error of a transfer to fresh devices
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class History:
     pulses_mean: list = field(default_factory=list)
     pulses: np.ndarray | None = None  # per device, at the end
     conductance: list = field(default_factory=list)  # per epoch, all devices (S)
+    weights: list = field(default_factory=list)  # final weights (read from the devices)
+    biases: list = field(default_factory=list)
 
 
 def nominal_step(model: memristor.BulkSwitchingModel, w_max: float) -> float:
@@ -79,20 +83,31 @@ def nominal_step(model: memristor.BulkSwitchingModel, w_max: float) -> float:
 class _Tiles:
     """The devices of every layer, flat, with their per-device parameters."""
 
-    def __init__(self, shapes, cfg: TrainingConfig, weights):
+    def __init__(self, shapes, cfg: TrainingConfig, weights, device_seed: int,
+                 program_sigma: float = 0.0):
         m = cfg.model
         self.shapes = shapes
         self.sizes = [a * b for a, b in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         n = int(self.offsets[-1])
-        self.dev = memristor.draw_devices(m, n, cfg.seed)
+        self.dev = memristor.draw_devices(m, n, device_seed)
         self.g_ref = 0.5 * (m.g_min + m.g_max)
         self.g_half = 0.5 * (m.g_max - m.g_min)
         self.per_siemens = cfg.w_max / self.g_half
         w = np.concatenate([np.clip(x, -cfg.w_max, cfg.w_max).ravel() for x in weights])
-        self.g = np.clip(self.g_ref + w / self.per_siemens, self.dev.g_min, self.dev.g_max)
+        target = self.g_ref + w / self.per_siemens
+        if program_sigma > 0.0:  # write-verify error of the transfer to a fresh chip
+            from imcsim.physics import rng
+
+            target = target + program_sigma * rng.normals(device_seed, PROGRAM_STREAM, (n,))
+        self.g = np.clip(target, self.dev.g_min, self.dev.g_max)
         self.count = np.zeros(n, dtype=np.int64)
         self.read_buffer = np.empty(n)
+
+    def weights(self):
+        """Weights the devices hold now (noise-free read)."""
+        return [(self.layer(k, self.g) - self.g_ref) * self.per_siemens
+                for k in range(len(self.shapes))]
 
     def layer(self, k, flat):
         return flat[self.offsets[k]:self.offsets[k + 1]].reshape(self.shapes[k])
@@ -119,16 +134,19 @@ def train(rule: str, cfg: TrainingConfig, data: digits.DataSplit | None = None) 
         return _train(rule, cfg, data)
 
 
-def _train(rule, cfg, data):
+def _train(rule, cfg, data, start=None, device_seed=None, program_sigma=0.0):
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     data = data or digits.load_digits_split(cfg.seed)
     sizes = [data.x_train.shape[1], *cfg.hidden, int(data.y_train.max()) + 1]
-    params = digits.init_mlp(sizes, cfg.seed)
-    weights = [np.clip(w, -cfg.w_max, cfg.w_max) for w in params.weights]
-    biases = [b.copy() for b in params.biases]
+    if start is None:
+        params = digits.init_mlp(sizes, cfg.seed)
+        start = (params.weights, params.biases)
+    weights = [np.clip(w, -cfg.w_max, cfg.w_max) for w in start[0]]
+    biases = [b.copy() for b in start[1]]
     shapes = [w.shape for w in weights]
-    tiles = None if rule == "float" else _Tiles(shapes, cfg, weights)
+    tiles = None if rule == "float" else _Tiles(
+        shapes, cfg, weights, cfg.seed if device_seed is None else device_seed, program_sigma)
     eps = nominal_step(cfg.model, cfg.w_max)
     chi = [np.zeros(s) for s in shapes]
     full_fwd = [None] * len(shapes)
@@ -227,7 +245,35 @@ def _train(rule, cfg, data):
         if tiles is not None:
             history.conductance.append(tiles.g.copy())
     history.pulses = tiles.count.copy() if tiles is not None else None
+    history.weights = tiles.weights() if tiles is not None else [w.copy() for w in weights]
+    history.biases = [b.copy() for b in biases]
+    if cfg.epochs == 0:
+        logits = forward(data.x_test, 2 * step + 1)
+        history.accuracy.append(float(np.mean(np.argmax(logits, axis=1) == data.y_test)))
     return history
+
+
+def transfer(history: History, cfg: TrainingConfig, data: digits.DataSplit | None = None,
+             retrain_epochs: int = 1, levels: int = 16, sigma_levels: float = 0.5):
+    """Map trained weights to a fresh chip (other device instances, write-verify error of
+    ``sigma_levels`` level separations of a ``levels``-level window, as in Wu et al.'s
+    transfer study) and return (accuracy without retraining, accuracy after
+    ``retrain_epochs`` of mixed-precision retraining on the new chip)."""
+    import dataclasses
+
+    from threadpoolctl import threadpool_limits
+
+    data = data or digits.load_digits_split(cfg.seed)
+    m = cfg.model
+    sigma = sigma_levels * (m.g_max - m.g_min) / (levels - 1)
+    fresh = cfg.seed + 1_000_003
+    start = (history.weights, history.biases)
+    with threadpool_limits(1, user_api="blas"):
+        frozen = _train("mixed", dataclasses.replace(cfg, epochs=0), data, start=start,
+                        device_seed=fresh, program_sigma=sigma)
+        retrained = _train("mixed", dataclasses.replace(cfg, epochs=retrain_epochs), data,
+                           start=start, device_seed=fresh, program_sigma=sigma)
+    return frozen.accuracy[-1], retrained.accuracy[-1]
 
 
 class TrainingRun:
@@ -253,6 +299,23 @@ class TrainingRun:
                 w.declare_series(f"{name}_{rule}", (n,), "f8", units, f"{rule}: {desc}",
                                  n=sec.epochs, time_units="epoch",
                                  time_description="epochs completed")
+            data = digits.load_digits_split(self.seeds[0])
+            sizes = (data.x_train.shape[1], *sec.hidden, int(data.y_train.max()) + 1)
+            n_dev = sum(a * b for a, b in itertools.pairwise(sizes))
+            if rule != "float":
+                w.declare_series(f"pulses_{rule}", (n, n_dev), "f8", "1",
+                                 f"{rule}: pulses each device received over training, per "
+                                 "seed [seed, device]", n=1, time_units="epoch",
+                                 time_description="epochs completed")
+                w.declare_series(f"conductance_{rule}", (n, n_dev), "f8", "S",
+                                 f"{rule}: every device's conductance after each epoch "
+                                 "[seed, device]", n=sec.epochs, time_units="epoch",
+                                 time_description="epochs completed")
+            w.declare_series(f"transfer_{rule}", (n, 2), "f8", "1",
+                             f"{rule}: test accuracy of the trained weights written to a fresh "
+                             "chip (0.5-level write error), without and after one epoch of "
+                             "mixed-precision retraining [seed, (frozen, retrained)]", n=1,
+                             time_units="epoch", time_description="epochs completed")
             w.declare_metric(f"accuracy_{rule}_final", "1",
                              f"{rule}: test accuracy after the last epoch, mean over seeds")
             w.declare_metric(f"pulses_{rule}_final", "1",
@@ -261,15 +324,24 @@ class TrainingRun:
     def run(self, progress=None):
         w = self.writer
         for rule in self.rules:
-            histories = []
+            histories, transfers = [], []
             for seed in self.seeds:
-                histories.append(train(rule, self.section.config(seed)))
+                cfg = self.section.config(seed)
+                histories.append(train(rule, cfg))
+                transfers.append(transfer(histories[-1], cfg))
                 if progress is not None:
                     progress(1)
-            for epoch in range(self.section.epochs):
+            epochs = self.section.epochs
+            for epoch in range(epochs):
                 for name in ("accuracy", "loss", "pulses_mean"):
                     w.append(f"{name}_{rule}", float(epoch + 1),
                              [getattr(h, name)[epoch] for h in histories])
+                if rule != "float":
+                    w.append(f"conductance_{rule}", float(epoch + 1),
+                             [h.conductance[epoch] for h in histories])
+            if rule != "float":
+                w.append(f"pulses_{rule}", float(epochs), [h.pulses for h in histories])
+            w.append(f"transfer_{rule}", float(epochs), transfers)
             w.set_metric(f"accuracy_{rule}_final",
                          float(np.mean([h.accuracy[-1] for h in histories])))
             w.set_metric(f"pulses_{rule}_final",

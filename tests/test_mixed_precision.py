@@ -54,6 +54,18 @@ def test_pulses_stay_within_the_cap_and_conductances_in_the_window(results):
             assert g.max() <= model.g_max + 5 * model.sigma_d2d_window * span
 
 
+def test_transfer_to_a_fresh_chip_keeps_mixed_precision_accuracy(results):
+    """Wu et al.'s transfer: trained weights written to other devices with a 0.5-level write
+    error keep (nearly) their accuracy; one epoch of retraining recovers the rest."""
+    history = results["mixed"][2][0]
+    frozen, retrained = mp.transfer(history, mp.TrainingConfig(seed=0))
+    assert frozen > history.accuracy[-1] - 0.05
+    assert retrained > history.accuracy[-1] - 0.02
+    perfect, _ = mp.transfer(history, mp.TrainingConfig(seed=0), sigma_levels=0.0,
+                             retrain_epochs=0)
+    assert perfect > history.accuracy[-1] - 0.03  # only read noise and other devices differ
+
+
 def test_same_seed_same_curves_with_any_thread_count(restore_threads):
     cfg = mp.TrainingConfig(epochs=3)
     runs = []
@@ -78,8 +90,14 @@ seeds = [0, 1]
         acc = tr.series("accuracy_mixed")
         assert acc.data.shape == (3, 2) and list(acc.t) == [1.0, 2.0, 3.0]
         assert tr.file["series/accuracy_mixed/t"].attrs["units"] == "epoch"
+        assert tr.series("pulses_mixed").data.shape == (1, 2, 64 * 64 + 64 * 10)
+        assert tr.series("conductance_analog").data.shape == (3, 2, 64 * 64 + 64 * 10)
+        moved = tr.series("transfer_mixed").data[0]
+        assert moved.shape == (2, 2) and np.all((moved > 0.5) & (moved <= 1.0))
     result = CliRunner().invoke(main, ["info", str(out)])
     assert result.exit_code == 0
     assert "mean ± std over 2 seeds" in result.output
+    plot = CliRunner().invoke(main, ["plot", str(out), "-o", str(tmp_path / "t.png")])
+    assert plot.exit_code == 0 and (tmp_path / "t.png").stat().st_size > 10_000
     assert sum(line.split()[:1] in (["float"], ["analog"], ["mixed"])
                for line in result.output.splitlines()) == 3
