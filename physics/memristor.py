@@ -88,15 +88,20 @@ def draw_devices(model: BulkSwitchingModel, n: int, seed: int) -> MemristorDevic
 
 
 @njit(cache=True, inline="always")
-def pulse_step(g, up, g_min, g_max, a_p, a_d, pulses_full, sigma_c2c, xi):
-    """One pulse on a device at conductance g (S); ``up`` selects potentiation."""
+def direction_constants(up, g_min, g_max, a_p, a_d, pulses_full):
+    """(asymptote G_∞, per-pulse fraction k) of one direction: ΔG = (G_∞ − G)·k, with
+    G_∞ = G_min + B_p, k = 1 − e^(−1/A_p) up and G_∞ = G_max − B_d, k = 1 − e^(−1/A_d) down."""
     if up:
         b = (g_max - g_min) / (1.0 - np.exp(-pulses_full / a_p))
-        dg = (g_min + b - g) * (1.0 - np.exp(-1.0 / a_p))
-    else:
-        b = (g_max - g_min) / (1.0 - np.exp(-pulses_full / a_d))
-        dg = -(g - g_max + b) * (1.0 - np.exp(-1.0 / a_d))
-    g_new = g + dg * (1.0 + sigma_c2c * xi)
+        return g_min + b, 1.0 - np.exp(-1.0 / a_p)
+    b = (g_max - g_min) / (1.0 - np.exp(-pulses_full / a_d))
+    return g_max - b, 1.0 - np.exp(-1.0 / a_d)
+
+
+@njit(cache=True, inline="always")
+def pulse_step(g, g_inf, k, g_min, g_max, sigma_c2c, xi):
+    """One pulse: G + (G_∞ − G)·k·(1 + σ_c2c·ξ), clipped to [G_min, G_max] (S)."""
+    g_new = g + (g_inf - g) * k * (1.0 + sigma_c2c * xi)
     return min(max(g_new, g_min), g_max)
 
 
@@ -114,12 +119,12 @@ def apply_pulses(g, n_pulses, g_min, g_max, a_p, a_d, pulses_full, sigma_c2c, se
             continue
         o = rng.index_origin(key, i)
         gi = g[i]
-        up = n > 0
         count = abs(n)
+        g_inf, k_frac = direction_constants(n > 0, g_min[i], g_max[i], a_p[i], a_d[i],
+                                            pulses_full)
         for k in range(count):
             xi = rng.origin_normal(o, counter0 + pulse_count[i] + k)
-            gi = pulse_step(gi, up, g_min[i], g_max[i], a_p[i], a_d[i], pulses_full,
-                            sigma_c2c, xi)
+            gi = pulse_step(gi, g_inf, k_frac, g_min[i], g_max[i], sigma_c2c, xi)
         g[i] = gi
         pulse_count[i] += count
 
