@@ -538,7 +538,9 @@ class TrainingSection:
     scikit-learn's digits, trained for ``epochs`` with minibatch ``batch`` and learning rate
     ``lr`` by each of ``rules`` ("float", "analog", "mixed") for each of ``seeds``; weights
     span ±``w_max`` of the memristor window; at most ``max_pulses`` per device and update;
-    ``dac_bits``/``adc_bits`` of the tiles; ``memristor`` overrides the device model."""
+    ``dac_bits``/``adc_bits`` of the tiles; ``architecture`` "mlp" or "lenet" (3×3
+    convolution with ``channels`` filters as an im2col MVM, pooling, dense layer of
+    hidden[0]); ``memristor`` overrides the device model."""
 
     hidden: tuple[int, ...] = (64,)
     epochs: int = 15
@@ -550,11 +552,15 @@ class TrainingSection:
     adc_bits: int = 8
     rules: tuple[Literal["float", "analog", "mixed"], ...] = ("float", "analog", "mixed")
     seeds: tuple[int, ...] = (0, 1, 2)
+    architecture: Literal["mlp", "lenet"] = "mlp"
+    channels: int = 8
     memristor: MemristorSection = field(default_factory=MemristorSection)
 
     def validate(self, where):
-        for name in ("epochs", "batch", "lr", "w_max", "max_pulses"):
+        for name in ("epochs", "batch", "lr", "w_max", "max_pulses", "channels"):
             _positive(where, name, getattr(self, name))
+        if self.architecture == "lenet" and len(self.hidden) != 1:
+            raise InputError(f"{where}.hidden: the lenet architecture takes one hidden size")
         if not self.rules:
             raise InputError(f"{where}.rules: needs at least one rule")
         if not self.seeds:
@@ -568,6 +574,7 @@ class TrainingSection:
         return TrainingConfig(hidden=tuple(self.hidden), epochs=self.epochs, batch=self.batch,
                               lr=self.lr, w_max=self.w_max, max_pulses=self.max_pulses,
                               dac_bits=self.dac_bits, adc_bits=self.adc_bits, seed=seed,
+                              architecture=self.architecture, channels=self.channels,
                               model=self.memristor.model())
 
 

@@ -45,7 +45,9 @@ class TrainingConfig:
     """Training settings: MLP ``hidden`` sizes, ``epochs``, ``batch``, learning rate ``lr``,
     weight range ``w_max`` (the window maps to ±w_max), ``max_pulses`` per update and device,
     DAC/ADC ``dac_bits``/``adc_bits``, ``v_read`` (V), ``seed`` (data split, initial weights,
-    batch order and devices)."""
+    batch order and devices); ``architecture`` "mlp" or "lenet" (a 3×3 convolution with
+    ``channels`` filters as an im2col MVM, 2×2 average pooling, one dense hidden layer of
+    hidden[0] units, the output layer)."""
 
     hidden: tuple[int, ...] = (64,)
     epochs: int = 15
@@ -57,6 +59,8 @@ class TrainingConfig:
     adc_bits: int = 8
     v_read: float = 0.2
     seed: int = 0
+    architecture: str = "mlp"
+    channels: int = 8
     model: memristor.BulkSwitchingModel = field(default_factory=memristor.BulkSwitchingModel)
 
 
@@ -134,14 +138,100 @@ def train(rule: str, cfg: TrainingConfig, data: digits.DataSplit | None = None) 
         return _train(rule, cfg, data)
 
 
+@dataclass
+class Layer:
+    """One weight layer: ``pre`` turns the layer input into the rows fed to the tile (identity
+    for a dense layer, im2col patches for a convolution); ``post`` turns the product into the
+    next layer's input and ``post_backward`` maps a gradient back through it (with the cache
+    ``post`` returned)."""
+
+    shape: tuple[int, int]
+    pre: object
+    post: object
+    post_backward: object
+
+
+def _relu(z):
+    return np.maximum(z, 0.0), z > 0.0
+
+
+def _identity(z):
+    return z, None
+
+
+def mlp_layers(sizes) -> list[Layer]:
+    """Dense layers with ReLU between them."""
+    layers = []
+    for k, (a, b) in enumerate(itertools.pairwise(sizes)):
+        last = k == len(sizes) - 2
+        layers.append(Layer((a, b), lambda h: h, _identity if last else _relu,
+                            (lambda d, c: d) if last else (lambda d, mask: d * mask)))
+    return layers
+
+
+def im2col(x, side: int, k: int) -> np.ndarray:
+    """(B, side²) images -> (B·(side−k+1)², k²) patches of a valid k×k convolution."""
+    n = side - k + 1
+    img = x.reshape(-1, side, side)
+    cols = np.empty((img.shape[0], n, n, k * k))
+    for i in range(k):
+        for j in range(k):
+            cols[:, :, :, i * k + j] = img[:, i:i + n, j:j + n]
+    return cols.reshape(-1, k * k)
+
+
+def lenet_layers(side: int, channels: int, hidden: int, classes: int, k: int = 3
+                 ) -> list[Layer]:
+    """A LeNet-style CNN: k×k convolution with ``channels`` filters (an im2col MVM on the
+    tile), ReLU, 2×2 average pooling, a dense hidden layer and the output layer."""
+    n = side - k + 1
+    pooled = n // 2
+
+    def conv_post(z):
+        b = z.shape[0] // (n * n)
+        a = np.maximum(z, 0.0).reshape(b, n, n, channels)
+        pool = a[:, :2 * pooled, :2 * pooled].reshape(b, pooled, 2, pooled, 2, channels)
+        return pool.mean(axis=(2, 4)).reshape(b, -1), (z > 0.0, b)
+
+    def conv_back(d, cache):
+        mask, b = cache
+        up = np.repeat(np.repeat(d.reshape(b, pooled, pooled, channels) / 4.0, 2, axis=1),
+                       2, axis=2)
+        full = np.zeros((b, n, n, channels))
+        full[:, :2 * pooled, :2 * pooled] = up
+        return full.reshape(-1, channels) * mask
+
+    flat = pooled * pooled * channels
+    return [Layer((k * k, channels), lambda x: im2col(x, side, k), conv_post, conv_back),
+            *mlp_layers([flat, hidden, classes])]
+
+
+def _init_weights(layers, seed):
+    """He-normal weights and zero biases of every layer (deterministic in the seed)."""
+    gen = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    return ([gen.standard_normal(l.shape) * np.sqrt(2.0 / l.shape[0]) for l in layers],
+            [np.zeros(l.shape[1]) for l in layers])
+
+
+def network_layers(cfg: TrainingConfig, features: int, classes: int) -> list[Layer]:
+    """The layers of ``cfg.architecture`` for inputs of ``features`` pixels."""
+    if cfg.architecture == "lenet":
+        return lenet_layers(round(np.sqrt(features)), cfg.channels, cfg.hidden[0], classes)
+    return mlp_layers([features, *cfg.hidden, classes])
+
+
 def _train(rule, cfg, data, start=None, device_seed=None, program_sigma=0.0):
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     data = data or digits.load_digits_split(cfg.seed)
-    sizes = [data.x_train.shape[1], *cfg.hidden, int(data.y_train.max()) + 1]
+    layers = network_layers(cfg, data.x_train.shape[1], int(data.y_train.max()) + 1)
     if start is None:
-        params = digits.init_mlp(sizes, cfg.seed)
-        start = (params.weights, params.biases)
+        if cfg.architecture == "lenet":
+            start = _init_weights(layers, cfg.seed)
+        else:
+            params = digits.init_mlp([layers[0].shape[0], *(l.shape[1] for l in layers)],
+                                     cfg.seed)
+            start = (params.weights, params.biases)
     weights = [np.clip(w, -cfg.w_max, cfg.w_max) for w in start[0]]
     biases = [b.copy() for b in start[1]]
     shapes = [w.shape for w in weights]
@@ -149,8 +239,7 @@ def _train(rule, cfg, data, start=None, device_seed=None, program_sigma=0.0):
         shapes, cfg, weights, cfg.seed if device_seed is None else device_seed, program_sigma)
     eps = nominal_step(cfg.model, cfg.w_max)
     chi = [np.zeros(s) for s in shapes]
-    full_fwd = [None] * len(shapes)
-    full_bwd = [None] * len(shapes)
+    full_scale = {}
     order_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7]))
     history = History()
     n_train = data.x_train.shape[0]
@@ -164,65 +253,56 @@ def _train(rule, cfg, data, start=None, device_seed=None, program_sigma=0.0):
                        tiles.read_buffer)
         return [tiles.layer(k, tiles.read_buffer) for k in range(len(shapes))]
 
-    def forward(x, read_counter, keep=False):
+    def product(key, a, g):
+        """a·W on the tile (or in float), W = (g − g_ref)·per_siemens; the ADC full scale of
+        each direction of each layer is 3x the largest current of its first batch."""
+        if tiles is None:
+            return a @ g
+        if key not in full_scale:
+            ideal = a @ ((g - tiles.g_ref) * tiles.per_siemens)
+            a_range = max(float(np.max(np.abs(a))), 1e-30)
+            full_scale[key] = (3.0 * float(np.max(np.abs(ideal))) / tiles.per_siemens
+                               * cfg.v_read / a_range)
+        return _tile_product(g, tiles.g_ref, a, cfg, tiles.per_siemens, full_scale[key])
+
+    def forward(x, read_counter):
         gs = current_weights(read_counter)
-        acts, h = [x], x
-        for k in range(len(shapes)):
-            if tiles is None:
-                z = h @ gs[k]
-            else:
-                if full_fwd[k] is None:  # ADC full scale: 3x the first batch's largest current
-                    ideal = h @ ((gs[k] - tiles.g_ref) * tiles.per_siemens)
-                    x_range = max(float(np.max(np.abs(h))), 1e-12)
-                    full_fwd[k] = 3.0 * float(np.max(np.abs(ideal))) / tiles.per_siemens \
-                        * cfg.v_read / x_range
-                z = _tile_product(gs[k], tiles.g_ref, h, cfg, tiles.per_siemens, full_fwd[k])
-            z = z + biases[k]
-            if k < len(shapes) - 1:
-                z = np.maximum(z, 0.0)
-            acts.append(z)
-            h = z
-        return (acts, gs) if keep else h
+        inputs, caches, h = [], [], x
+        for k, layer in enumerate(layers):
+            a = layer.pre(h)
+            h, cache = layer.post(product(("fwd", k), a, gs[k]) + biases[k])
+            inputs.append(a)
+            caches.append(cache)
+        return h, inputs, caches, gs
 
     for _epoch in range(cfg.epochs):
         losses = []
         perm = order_rng.permutation(n_train)
-        for start in range(0, n_train, cfg.batch):
-            batch = perm[start:start + cfg.batch]
+        for begin in range(0, n_train, cfg.batch):
+            batch = perm[begin:begin + cfg.batch]
             x, y = data.x_train[batch], data.y_train[batch]
-            acts, gs = forward(x, 2 * step, keep=True)
-            logits = acts[-1]
+            logits, inputs, caches, gs = forward(x, 2 * step)
             logits = logits - logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             p /= p.sum(axis=1, keepdims=True)
             losses.append(float(-np.mean(np.log(p[np.arange(y.size), y] + 1e-300))))
-            delta = p
-            delta[np.arange(y.size), y] -= 1.0
-            delta /= y.size
-            grads = [None] * len(shapes)
-            for k in range(len(shapes) - 1, -1, -1):
-                grads[k] = acts[k].T @ delta
-                gb = delta.sum(axis=0)
-                if k > 0:
-                    if tiles is None:
-                        back = delta @ weights[k].T
-                    else:
-                        gt = gs[k].T.copy()
-                        if full_bwd[k] is None:
-                            ideal = delta @ ((gt - tiles.g_ref) * tiles.per_siemens)
-                            d_range = max(float(np.max(np.abs(delta))), 1e-30)
-                            full_bwd[k] = 3.0 * float(np.max(np.abs(ideal))) \
-                                / tiles.per_siemens * cfg.v_read / d_range
-                        back = _tile_product(gt, tiles.g_ref, delta, cfg, tiles.per_siemens,
-                                             full_bwd[k])
-                    delta = back * (acts[k] > 0.0)
-                biases[k] -= cfg.lr * gb
+            dz = p
+            dz[np.arange(y.size), y] -= 1.0
+            dz /= y.size
+            grads = [None] * len(layers)
+            for k in range(len(layers) - 1, -1, -1):
+                grads[k] = inputs[k].T @ dz
+                biases[k] -= cfg.lr * dz.sum(axis=0)
+                if k > 0:  # the error of the layer below, through this tile transposed
+                    gt = weights[k].T if tiles is None else gs[k].T.copy()
+                    dh = product(("bwd", k), dz, gt)
+                    dz = layers[k - 1].post_backward(dh, caches[k - 1])
             if tiles is None:
-                for k in range(len(shapes)):
+                for k in range(len(layers)):
                     weights[k] -= cfg.lr * grads[k]
             else:
                 n_pulses = np.zeros(tiles.g.size, dtype=np.int64)
-                for k in range(len(shapes)):
+                for k in range(len(layers)):
                     update = -cfg.lr * grads[k]
                     if rule == "analog":
                         n = np.rint(update / eps)
@@ -238,8 +318,7 @@ def _train(rule, cfg, data, start=None, device_seed=None, program_sigma=0.0):
                                        cfg.model.pulses_full, cfg.model.sigma_c2c, seed,
                                        np.uint64(0), tiles.count)
             step += 1
-        logits = forward(data.x_test, 2 * step + 1)
-        history.accuracy.append(float(np.mean(np.argmax(logits, axis=1) == data.y_test)))
+        history.accuracy.append(_accuracy(forward(data.x_test, 2 * step + 1)[0], data.y_test))
         history.loss.append(float(np.mean(losses)))
         history.pulses_mean.append(float(tiles.count.mean()) if tiles is not None else 0.0)
         if tiles is not None:
@@ -248,9 +327,12 @@ def _train(rule, cfg, data, start=None, device_seed=None, program_sigma=0.0):
     history.weights = tiles.weights() if tiles is not None else [w.copy() for w in weights]
     history.biases = [b.copy() for b in biases]
     if cfg.epochs == 0:
-        logits = forward(data.x_test, 2 * step + 1)
-        history.accuracy.append(float(np.mean(np.argmax(logits, axis=1) == data.y_test)))
+        history.accuracy.append(_accuracy(forward(data.x_test, 2 * step + 1)[0], data.y_test))
     return history
+
+
+def _accuracy(logits, y) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
 def transfer(history: History, cfg: TrainingConfig, data: digits.DataSplit | None = None,
@@ -300,8 +382,9 @@ class TrainingRun:
                                  n=sec.epochs, time_units="epoch",
                                  time_description="epochs completed")
             data = digits.load_digits_split(self.seeds[0])
-            sizes = (data.x_train.shape[1], *sec.hidden, int(data.y_train.max()) + 1)
-            n_dev = sum(a * b for a, b in itertools.pairwise(sizes))
+            layers = network_layers(sec.config(self.seeds[0]), data.x_train.shape[1],
+                                    int(data.y_train.max()) + 1)
+            n_dev = sum(a * b for a, b in (layer.shape for layer in layers))
             if rule != "float":
                 w.declare_series(f"pulses_{rule}", (n, n_dev), "f8", "1",
                                  f"{rule}: pulses each device received over training, per "

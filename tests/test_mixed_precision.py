@@ -101,3 +101,62 @@ seeds = [0, 1]
     assert plot.exit_code == 0 and (tmp_path / "t.png").stat().st_size > 10_000
     assert sum(line.split()[:1] in (["float"], ["analog"], ["mixed"])
                for line in result.output.splitlines()) == 3
+
+
+def test_im2col_is_a_valid_convolution():
+    gen = np.random.default_rng(3)
+    x = gen.standard_normal((2, 36))  # two 6x6 images
+    kernel = gen.standard_normal((3, 3))
+    got = (mp.im2col(x, 6, 3) @ kernel.ravel()).reshape(2, 4, 4)
+    img = x.reshape(2, 6, 6)
+    expected = np.array([[[np.sum(img[b, i:i + 3, j:j + 3] * kernel) for j in range(4)]
+                          for i in range(4)] for b in range(2)])
+    assert np.allclose(got, expected, rtol=1e-12)
+
+
+def test_lenet_backward_matches_finite_differences():
+    """The gradient the training loop uses, through im2col, ReLU, pooling and the dense
+    layers, against central differences of the loss (float rule, no tiles)."""
+    layers = mp.lenet_layers(6, 2, 5, 3)
+    weights, biases = mp._init_weights(layers, 4)
+    gen = np.random.default_rng(5)
+    x, y = gen.uniform(0, 1, (4, 36)), np.array([0, 1, 2, 1])
+
+    def loss_and_grads(ws):
+        inputs, caches, h = [], [], x
+        for k, layer in enumerate(layers):
+            a = layer.pre(h)
+            h, cache = layer.post(a @ ws[k] + biases[k])
+            inputs.append(a)
+            caches.append(cache)
+        z = h - h.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        loss = -np.mean(np.log(p[np.arange(4), y]))
+        dz = p.copy()
+        dz[np.arange(4), y] -= 1.0
+        dz /= 4
+        grads = [None] * len(layers)
+        for k in range(len(layers) - 1, -1, -1):
+            grads[k] = inputs[k].T @ dz
+            if k > 0:
+                dz = layers[k - 1].post_backward(dz @ ws[k].T, caches[k - 1])
+        return loss, grads
+
+    _, grads = loss_and_grads(weights)
+    for k in range(len(layers)):
+        for idx in [(0, 0), (weights[k].shape[0] - 1, weights[k].shape[1] - 1)]:
+            plus = [w.copy() for w in weights]
+            minus = [w.copy() for w in weights]
+            plus[k][idx] += 1e-6
+            minus[k][idx] -= 1e-6
+            numeric = (loss_and_grads(plus)[0] - loss_and_grads(minus)[0]) / 2e-6
+            assert grads[k][idx] == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+def test_lenet_mixed_precision_tracks_float():
+    accs = {}
+    for rule in ("float", "mixed"):
+        accs[rule] = np.mean([mp.train(rule, mp.TrainingConfig(
+            seed=s, architecture="lenet", channels=16, hidden=(64,), epochs=20)).accuracy[-1]
+            for s in (0, 1, 2)])
+    assert accs["float"] > 0.9 and accs["mixed"] > accs["float"] - 0.02
