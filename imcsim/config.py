@@ -538,7 +538,8 @@ class TrainingSection:
     scikit-learn's digits, trained for ``epochs`` with minibatch ``batch`` and learning rate
     ``lr`` by each of ``rules`` ("float", "analog", "mixed") for each of ``seeds``; weights
     span ±``w_max`` of the memristor window; at most ``max_pulses`` per device and update;
-    ``dac_bits``/``adc_bits`` of the tiles; ``architecture`` "mlp" or "lenet" (3×3
+    ``dac_bits``/``adc_bits`` of the tiles; ``dataset`` "digits" (bundled) or "mnist" (IDX
+    files in ``mnist_dir``, relative to the scenario); ``architecture`` "mlp" or "lenet" (3×3
     convolution with ``channels`` filters as an im2col MVM, pooling, dense layer of
     hidden[0]); ``memristor`` overrides the device model."""
 
@@ -554,11 +555,15 @@ class TrainingSection:
     seeds: tuple[int, ...] = (0, 1, 2)
     architecture: Literal["mlp", "lenet"] = "mlp"
     channels: int = 8
+    dataset: Literal["digits", "mnist"] = "digits"
+    mnist_dir: str = ""
     memristor: MemristorSection = field(default_factory=MemristorSection)
 
     def validate(self, where):
         for name in ("epochs", "batch", "lr", "w_max", "max_pulses", "channels"):
             _positive(where, name, getattr(self, name))
+        if self.dataset == "mnist" and not self.mnist_dir:
+            raise InputError(f"{where}.mnist_dir: required when dataset = 'mnist'")
         if self.architecture == "lenet" and len(self.hidden) != 1:
             raise InputError(f"{where}.hidden: the lenet architecture takes one hidden size")
         if not self.rules:
@@ -758,10 +763,11 @@ def _study_runs(data: dict) -> list[tuple[str, dict, str]]:
 
 
 def _check_files(scenario: Scenario, path: Path | None):
-    if scenario.network is not None and scenario.network.dataset == "mnist":
-        folder = resolve_path(scenario.network.mnist_dir, path)
-        if not folder.is_dir():
-            raise InputError(f"network.mnist_dir: no such folder {folder}")
+    for table, section in (("network", scenario.network), ("training", scenario.training)):
+        if section is not None and section.dataset == "mnist":
+            folder = resolve_path(section.mnist_dir, path)
+            if not folder.is_dir():
+                raise InputError(f"{table}.mnist_dir: no such folder {folder}")
     if scenario.targets.distribution == "file":
         target = resolve_path(scenario.targets.file, path)
         if not target.exists():

@@ -362,7 +362,17 @@ class TrainingRun:
     """The training study of a scenario with a ``[training]`` table, as a trace run."""
 
     def __init__(self, loaded, seed: int):
+        from imcsim.config import resolve_path
+        from imcsim.errors import InputError
+
         self.section = loaded.scenario.training
+        self.data = None  # digits: each seed splits its own
+        if self.section.dataset == "mnist":
+            try:
+                self.data = digits.load_mnist_idx(resolve_path(self.section.mnist_dir,
+                                                               loaded.path))
+            except (FileNotFoundError, ValueError) as exc:
+                raise InputError(f"training.mnist_dir: {exc}") from None
         self.rules = list(self.section.rules)
         self.seeds = list(self.section.seeds)
         self.n_steps = len(self.rules) * len(self.seeds)
@@ -381,7 +391,7 @@ class TrainingRun:
                 w.declare_series(f"{name}_{rule}", (n,), "f8", units, f"{rule}: {desc}",
                                  n=sec.epochs, time_units="epoch",
                                  time_description="epochs completed")
-            data = digits.load_digits_split(self.seeds[0])
+            data = self.data or digits.load_digits_split(self.seeds[0])
             layers = network_layers(sec.config(self.seeds[0]), data.x_train.shape[1],
                                     int(data.y_train.max()) + 1)
             n_dev = sum(a * b for a, b in (layer.shape for layer in layers))
@@ -410,8 +420,8 @@ class TrainingRun:
             histories, transfers = [], []
             for seed in self.seeds:
                 cfg = self.section.config(seed)
-                histories.append(train(rule, cfg))
-                transfers.append(transfer(histories[-1], cfg))
+                histories.append(train(rule, cfg, self.data))
+                transfers.append(transfer(histories[-1], cfg, self.data))
                 if progress is not None:
                     progress(1)
             epochs = self.section.epochs

@@ -160,3 +160,42 @@ def test_lenet_mixed_precision_tracks_float():
             seed=s, architecture="lenet", channels=16, hidden=(64,), epochs=20)).accuracy[-1]
             for s in (0, 1, 2)])
     assert accs["float"] > 0.9 and accs["mixed"] > accs["float"] - 0.02
+
+
+def test_training_reads_mnist_idx_files_when_pointed_to(tmp_path):
+    """A tiny data set in MNIST's four-file IDX layout (written here; nothing downloaded)."""
+    import struct
+
+    def idx(array, path):
+        header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+        header += b"".join(struct.pack(">I", d) for d in array.shape)
+        path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+    gen = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for part, n in (("train", 120), ("t10k", 40)):
+        labels = gen.integers(0, 3, n)
+        images = np.zeros((n, 8, 8))
+        for k, label in enumerate(labels):  # class = which third of the image is bright
+            images[k, :, 3 * label:3 * label + 2] = 200
+        idx(images, folder / f"{part}-images-idx3-ubyte")
+        idx(labels, folder / f"{part}-labels-idx1-ubyte")
+    text = f"""
+[run]
+name = "mnist"
+[training]
+dataset = "mnist"
+mnist_dir = "{folder}"
+epochs = 3
+rules = ["mixed"]
+seeds = [0]
+"""
+    out = run_scenario(parse_scenario(text), tmp_path / "m.h5")
+    with Trace(out) as tr:
+        assert tr.series("accuracy_mixed").data[-1, 0] > 0.9  # an easy, separable task
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(str(folder), str(tmp_path / "nowhere")))
+    result = CliRunner().invoke(main, ["run", str(bad), "-o", str(tmp_path / "x.h5")])
+    assert result.exit_code == 2 and "training.mnist_dir: no such folder" in result.stderr
+    assert not (tmp_path / "x.h5").exists()
