@@ -574,13 +574,13 @@ class TrainingSection:
             raise InputError(f"{where}.hidden: layer sizes must be > 0")
 
     def config(self, seed: int):
+        """The training settings of one seed (the study-level fields left out)."""
         from imcsim.scenarios.mixed_precision import TrainingConfig
 
-        return TrainingConfig(hidden=tuple(self.hidden), epochs=self.epochs, batch=self.batch,
-                              lr=self.lr, w_max=self.w_max, max_pulses=self.max_pulses,
-                              dac_bits=self.dac_bits, adc_bits=self.adc_bits, seed=seed,
-                              architecture=self.architecture, channels=self.channels,
-                              model=self.memristor.model())
+        study_only = ("rules", "seeds", "memristor", "dataset", "mnist_dir")
+        settings = {k: v for k, v in to_dict(self).items() if k not in study_only}
+        settings["hidden"] = tuple(settings["hidden"])
+        return TrainingConfig(**settings, seed=seed, model=self.memristor.model())
 
 
 @dataclass(frozen=True)
