@@ -559,18 +559,8 @@ def _pct(x) -> str:
 def format_table(result: dict) -> str:
     rows = [Row(**r) for r in result["rows"]]
     by_id = {r.id: r for r in rows}
-    m = result["machine"]
-    cfg = result["config"]
-    lines = [
-        f"imcsim PCM kernel throughput ({cfg['mode']} sizes; best of {cfg['repeats']} "
-        f"interleaved timed runs after 1 untimed warm-up; ratios measured in this process)",
-        f"machine: {m['cpu_model']}, nproc {m['nproc']} (affinity {m['affinity_cpus']}); "
-        f"numba {m['numba']} ({m['numba_threading_layer']}, max {m['numba_max_threads']} "
-        f"threads, N = {m['numba_threads_used']}); numpy {m['numpy']}; h5py {m['h5py']}; "
-        f"Python {m['python']}",
-        f"load average at start {cfg['loadavg_start']}, at end {cfg['loadavg_end']}; "
-        f"other processes used {_pct(cfg['other_cpu_total'])} of the CPU during the run",
-    ]
+    lines = header_lines(result, "imcsim PCM kernel throughput",
+                         f"h5py {result['machine']['h5py']}")
     head = (f"  {'benchmark':<44} {'devices':>8} {'work/run':>16} {'thr':>3} "
             f"{'best ms':>9} {'med/best':>8} {'throughput':>26} {'ratio':>8}  "
             f"{'baseline':<22} {'other CPU':>9}")
@@ -584,12 +574,33 @@ def format_table(result: dict) -> str:
             f"  {r.label:<44} {r.devices:>8} {r.work:>16} {r.threads:>3} "
             f"{r.best_s * 1e3:>9.2f} {r.median_s / r.best_s:>8.2f} {_fmt_throughput(r):>26} "
             f"{ratio:>8}  {base:<22} {_pct(r.other_cpu):>9}")
-    lines += ["", "notes:"] + [f"  {note}" for note in result["notes"]]
+    return "\n".join(lines + footer_lines(result, rows))
+
+
+def header_lines(result: dict, title: str, library: str) -> list[str]:
+    """Title, machine and load lines shared by the benchmark tables."""
+    m = result["machine"]
+    cfg = result["config"]
+    return [
+        f"{title} ({cfg['mode']} sizes; best of {cfg['repeats']} "
+        f"interleaved timed runs after 1 untimed warm-up; ratios measured in this process)",
+        f"machine: {m['cpu_model']}, nproc {m['nproc']} (affinity {m['affinity_cpus']}); "
+        f"numba {m['numba']} ({m['numba_threading_layer']}, max {m['numba_max_threads']} "
+        f"threads, N = {m['numba_threads_used']}); numpy {m['numpy']}; {library}; "
+        f"Python {m['python']}",
+        f"load average at start {cfg['loadavg_start']}, at end {cfg['loadavg_end']}; "
+        f"other processes used {_pct(cfg['other_cpu_total'])} of the CPU during the run",
+    ]
+
+
+def footer_lines(result: dict, rows) -> list[str]:
+    """The notes, and a warning where other processes took the CPU during timing."""
+    lines = ["", "notes:"] + [f"  {note}" for note in result["notes"]]
     if max((r.other_cpu or 0.0) for r in rows) > 0.1:
         lines.append("  WARNING: other processes used more than 10 % of the CPU while some groups "
                      "ran; those rows (see 'other CPU') are unreliable. Rerun on an idle "
                      "machine.")
-    return "\n".join(lines)
+    return lines
 
 
 def _loadavg() -> str:

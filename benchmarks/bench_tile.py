@@ -53,6 +53,8 @@ from bench_pcm import (
     _pct,
     _thr,
     fmt_shape,
+    footer_lines,
+    header_lines,
     load_snapshot,
     machine_info,
     other_share,
@@ -526,18 +528,8 @@ def summary_lines(result: dict) -> list[str]:
 def format_table(result: dict) -> str:
     rows = [TileRow(**r) for r in result["rows"]]
     by_id = {r.id: r for r in rows}
-    m = result["machine"]
-    cfg = result["config"]
-    lines = [
-        f"imcsim crossbar tile throughput ({cfg['mode']} sizes; best of {cfg['repeats']} "
-        f"interleaved timed runs after 1 untimed warm-up; ratios measured in this process)",
-        f"machine: {m['cpu_model']}, nproc {m['nproc']} (affinity {m['affinity_cpus']}); "
-        f"numba {m['numba']} ({m['numba_threading_layer']}, max {m['numba_max_threads']} "
-        f"threads, N = {m['numba_threads_used']}); numpy {m['numpy']}; BLAS {m['blas']}; "
-        f"Python {m['python']}",
-        f"load average at start {cfg['loadavg_start']}, at end {cfg['loadavg_end']}; "
-        f"other processes used {_pct(cfg['other_cpu_total'])} of the CPU during the run",
-    ]
+    lines = header_lines(result, "imcsim crossbar tile throughput",
+                         f"BLAS {result['machine']['blas']}")
     head = (f"  {'benchmark':<46} {'shape':>14} {'work/run':>16} {'thr':>3} {'best ms':>10} "
             f"{'med/best':>8} {'throughput':>16} {'ratio':>8}  {'baseline':<30} "
             f"{'other CPU':>9}")
@@ -551,12 +543,7 @@ def format_table(result: dict) -> str:
             f"  {r.label:<46} {r.shape:>14} {r.work:>16} {r.threads:>3} "
             f"{r.best_s * 1e3:>10.2f} {r.median_s / r.best_s:>8.2f} {_fmt_rate(r):>16} "
             f"{ratio:>8}  {base:<30} {_pct(r.other_cpu):>9}")
-    lines += ["", "notes:"] + [f"  {note}" for note in result["notes"]]
-    if max((r.other_cpu or 0.0) for r in rows) > 0.1:
-        lines.append("  WARNING: other processes used more than 10 % of the CPU while some groups "
-                     "ran; those rows (see 'other CPU') are unreliable. Rerun on an idle "
-                     "machine.")
-    lines += ["", *summary_lines(result)]
+    lines += [*footer_lines(result, rows), "", *summary_lines(result)]
     return "\n".join(lines)
 
 
