@@ -61,3 +61,8 @@ def format_accuracy_table(table: AccuracyTable) -> list[str]:
         lines.append(f"  {method:<8}{cells}{100 * table.weight_error[method]:>11.2f}%"
                      f"{table.pulses_mean[method]:>8.1f}")
     return lines
+
+
+def summary_lines(trace: Trace) -> list[str]:
+    """The lines ``imcsim info`` prints for a network check: the accuracy table."""
+    return format_accuracy_table(accuracy_table(trace))

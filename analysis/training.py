@@ -72,3 +72,13 @@ def training_figure(trace: Trace, out):
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def summary_lines(trace: Trace) -> list[str]:
+    """The lines ``imcsim info`` prints for a training study: the per-rule table."""
+    return format_training_table(training_table(trace))
+
+
+def figure(trace: Trace, out) -> None:
+    """The figure ``imcsim plot`` draws for a training study."""
+    training_figure(trace, out)

@@ -166,6 +166,20 @@ def _sweep_summary(directory: Path):
                    f"{f.attrs['seed']}; run files in {runs_dir}")
 
 
+# Study tables whose analysis module gives ``summary_lines(trace)`` (printed by ``info``)
+# and ``figure(trace, out)`` (drawn by ``plot``).
+STUDY_ANALYSIS = {"network": "network", "training": "training", "spiking": "spiking",
+                  "inference": "inference"}
+
+
+def _study_analysis(kind):
+    import importlib
+
+    if kind not in STUDY_ANALYSIS:
+        return None
+    return importlib.import_module(f"imcsim.analysis.{STUDY_ANALYSIS[kind]}")
+
+
 @main.command()
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--run", default=None, help="run of a study file")
@@ -210,15 +224,9 @@ def info(trace, run):
             click.echo("  metrics:")
             for k, (v, u) in metrics.items():
                 click.echo(f"    {k:<28} {v:.6g} {'' if u == '1' else u}".rstrip())
-        if a.get("scenario_kind") == "network" and tr.status == "complete":
-            from imcsim.analysis.network import accuracy_table, format_accuracy_table
-
-            for line in format_accuracy_table(accuracy_table(tr)):
-                click.echo(line)
-        if a.get("scenario_kind") == "training" and tr.status == "complete":
-            from imcsim.analysis.training import format_training_table, training_table
-
-            for line in format_training_table(training_table(tr)):
+        module = _study_analysis(a.get("scenario_kind"))
+        if module is not None and tr.status == "complete":
+            for line in module.summary_lines(tr):
                 click.echo(line)
 
 
@@ -289,10 +297,9 @@ def plot(trace, out, run):
             return
     tr = _open(trace, run)
     with tr, np.errstate(all="ignore"):
-        if tr.attrs.get("scenario_kind") == "training":
-            from imcsim.analysis.training import training_figure
-
-            training_figure(tr, out)
+        module = _study_analysis(tr.attrs.get("scenario_kind"))
+        if module is not None and hasattr(module, "figure"):
+            module.figure(tr, out)
             click.echo(f"wrote {out}")
             return
         try:

@@ -583,6 +583,49 @@ class TrainingSection:
         return TrainingConfig(**settings, seed=seed, model=self.memristor.model())
 
 
+# ----------------------------------------------------------------------------------------
+# Spiking core studies (issue 5): scenarios.spiking
+
+
+@dataclass(frozen=True)
+class SpikingSection:
+    """Charge-domain spiking IMC core study (scenarios.spiking): a network trained on
+    time-coded digits and simulated event by event."""
+
+    epochs: int = 30
+    seeds: tuple[int, ...] = (0,)
+
+    def validate(self, where):
+        _positive(where, "epochs", self.epochs)
+        if not self.seeds:
+            raise InputError(f"{where}.seeds: needs at least one seed")
+
+
+# ----------------------------------------------------------------------------------------
+# Inference-robustness studies (issue 7): scenarios.inference
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    """Inference under device non-idealities (scenarios.inference): trained networks mapped
+    onto PCM tiles, evaluated as they drift, with and without each remedy."""
+
+    device_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    times: tuple[float, ...] = (1.0, 3600.0, 86400.0, 3.1536e7)
+
+    def validate(self, where):
+        if not self.device_seeds:
+            raise InputError(f"{where}.device_seeds: needs at least one seed")
+        _check_times(f"{where}.times", self.times)
+        if not self.times or self.times[0] <= 0:
+            raise InputError(f"{where}.times: needs increasing times > 0 s")
+
+
+# Scenario kinds other than the PCM-array timeline: the table that selects each, in the
+# order they are checked. Exactly one (or none, for a timeline scenario) may be present.
+STUDY_KINDS = ("network", "training", "spiking", "inference")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A PCM crossbar scenario (tables: run, device, array, targets, record, periphery,
@@ -596,13 +639,22 @@ class Scenario:
     periphery: PeripherySection = field(default_factory=PeripherySection)
     network: NetworkSection | None = None
     training: TrainingSection | None = None
+    spiking: SpikingSection | None = None
+    inference: InferenceSection | None = None
     timeline: tuple[Step, ...] = ()
 
+    @property
+    def kind(self) -> str:
+        """'pcm_array' for a timeline scenario, else the name of its study table."""
+        present = [k for k in STUDY_KINDS if getattr(self, k) is not None]
+        return present[0] if present else "pcm_array"
+
     def validate(self, where):
-        if self.network is not None and self.training is not None:
-            raise InputError(f"{where}training: a scenario is a network check or a training "
-                             "study, not both")
-        if self.network is not None or self.training is not None:
+        present = [k for k in STUDY_KINDS if getattr(self, k) is not None]
+        if len(present) > 1:
+            raise InputError(f"{where}{present[1]}: a scenario holds one study table, not "
+                             f"both [{present[0]}] and [{present[1]}]")
+        if present:
             return
         if not self.timeline:
             raise InputError(f"{where}timeline: needs at least one step")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,6 @@ import numba
 from imcsim.config import LoadedScenario, load_scenario, to_dict
 from imcsim.engine import build_timeline
 from imcsim.errors import InputError
-from imcsim.scenarios.mixed_precision import TrainingRun
-from imcsim.scenarios.network import NetworkRun
 from imcsim.scenarios.pcm_array import PCMArraySimulation
 from imcsim.store import TraceWriter
 
@@ -42,6 +41,22 @@ def set_threads(threads: int | None) -> None:
     numba.set_num_threads(threads)
 
 
+# The run class of each study table: module and class, imported only when used.
+STUDY_RUNS = {
+    "network": ("imcsim.scenarios.network", "NetworkRun"),
+    "training": ("imcsim.scenarios.mixed_precision", "TrainingRun"),
+    "spiking": ("imcsim.scenarios.spiking", "SpikingRun"),
+    "inference": ("imcsim.scenarios.inference", "InferenceRun"),
+}
+
+
+def study_run_class(kind: str):
+    """The class that runs a scenario of ``kind``: built from (loaded scenario, seed), with
+    ``n_steps``, ``declare(run_writer)`` and ``run(progress)``."""
+    module, name = STUDY_RUNS[kind]
+    return getattr(importlib.import_module(module), name)
+
+
 def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.PathLike, *,
                  seed: int | None = None, threads: int | None = None, progress: bool = False,
                  overwrite: bool = False) -> Path:
@@ -60,13 +75,11 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
     for name, overrides, sc in loaded.runs():
         one = LoadedScenario(sc, loaded.text, loaded.path)
         try:
-            if sc.network is not None:
-                sim = NetworkRun(one, sc.run.seed)
-            elif sc.training is not None:
-                sim = TrainingRun(one, sc.run.seed)
-            else:
+            if sc.kind == "pcm_array":
                 sim = PCMArraySimulation(one, sc.run.seed,
                                          build_timeline(sc, sc.device.pulse_model().t_pulse))
+            else:
+                sim = study_run_class(sc.kind)(one, sc.run.seed)
         except InputError as exc:
             where = f"{name}: " if study else ""
             raise InputError(f"{loaded.path or '<scenario>'}: {where}{exc}") from None
@@ -88,8 +101,7 @@ def run_scenario(scenario: str | os.PathLike | LoadedScenario, out: str | os.Pat
             for name, overrides, sc, sim in plans:
                 rw = writer.add_run(name) if study else writer.root
                 rw.set_attrs(scenario_resolved=json.dumps(to_dict(sc)),
-                             scenario_kind=("network" if sc.network else
-                                            "training" if sc.training else "pcm_array"),
+                             scenario_kind=sc.kind,
                              run_name=name, seed=sc.run.seed, n_steps=sim.n_steps,
                              overrides=json.dumps(overrides))
                 sim.declare(rw)
