@@ -143,12 +143,14 @@ class Layer:
     """One weight layer: ``pre`` turns the layer input into the rows fed to the tile (identity
     for a dense layer, im2col patches for a convolution); ``post`` turns the product into the
     next layer's input and ``post_backward`` maps a gradient back through it (with the cache
-    ``post`` returned)."""
+    ``post`` returned). ``post_tangent(dz, cache)`` is the Jacobian-vector product of ``post``
+    at the point its cache was taken (the forward pass of an exact Hessian-vector product)."""
 
     shape: tuple[int, int]
     pre: object
     post: object
     post_backward: object
+    post_tangent: object = None
 
 
 def _relu(z):
@@ -164,8 +166,8 @@ def mlp_layers(sizes) -> list[Layer]:
     layers = []
     for k, (a, b) in enumerate(itertools.pairwise(sizes)):
         last = k == len(sizes) - 2
-        layers.append(Layer((a, b), lambda h: h, _identity if last else _relu,
-                            (lambda d, c: d) if last else (lambda d, mask: d * mask)))
+        masked = (lambda d, c: d) if last else (lambda d, mask: d * mask)
+        layers.append(Layer((a, b), lambda h: h, _identity if last else _relu, masked, masked))
     return layers
 
 
@@ -201,8 +203,15 @@ def lenet_layers(side: int, channels: int, hidden: int, classes: int, k: int = 3
         full[:, :2 * pooled, :2 * pooled] = up
         return full.reshape(-1, channels) * mask
 
+    def conv_tangent(dz, cache):
+        mask, b = cache
+        a = (dz * mask).reshape(b, n, n, channels)
+        pool = a[:, :2 * pooled, :2 * pooled].reshape(b, pooled, 2, pooled, 2, channels)
+        return pool.mean(axis=(2, 4)).reshape(b, -1)
+
     flat = pooled * pooled * channels
-    return [Layer((k * k, channels), lambda x: im2col(x, side, k), conv_post, conv_back),
+    return [Layer((k * k, channels), lambda x: im2col(x, side, k), conv_post, conv_back,
+                  conv_tangent),
             *mlp_layers([flat, hidden, classes])]
 
 
