@@ -529,6 +529,23 @@ def _scales(weight_scale, weights):
     return [np.asarray(weight_scale(k, w), dtype=np.float64) for k, w in enumerate(weights)]
 
 
+def noisy_accuracy(net: Net, x, y, noise: NoiseModel, *, draws: int = 20, seed: int = 0,
+                   weight_scale="maxabs") -> np.ndarray:
+    """Test accuracy of ``draws`` networks W + σ(W)⊙ξ (ξ ~ N(0, 1) from Generator(seed)):
+    what the weight-unit noise model alone predicts, without DAC/ADC, drift bias or
+    compensation error (those are the tile harness's, scenarios/inference.py)."""
+    gen = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_NOISE]))
+    sigma = [weight_sigma(w, s, noise) for w, s in zip(net.weights,
+                                                       _scales(weight_scale, net.weights))]
+    out = np.empty(draws)
+    for d in range(draws):
+        noisy = net.copy()
+        noisy.weights = [w + s * gen.standard_normal(w.shape)
+                         for w, s in zip(net.weights, sigma)]
+        out[d] = accuracy(noisy, x, y)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # HA-SGD penalty
 

@@ -350,3 +350,19 @@ def test_bad_arguments_are_value_errors(data):
         rt.build_net("rnn", 64, 10, seed=0)
     with pytest.raises(ValueError, match="t_inference"):
         rt.NoiseModel(t_inference=-1.0)
+
+
+def test_bench_hasgd_quick_runs():
+    """The benchmark runs and reports a finite cost ratio for every training (no timing test)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_hasgd.py"
+    out = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    ratios = [float(x) for x in re.findall(r"\s([\d.]+)x\s", out)]
+    assert len(ratios) == 12 and all(r > 0 for r in ratios), out
+    assert ratios[0] == 1.0 and ratios[6] == 1.0  # SGD is each group's baseline
+    assert len(re.findall(r"^\s+(mlp|cnn)\s+\w", out, re.MULTILINE)) == 8, out
