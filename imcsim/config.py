@@ -589,16 +589,76 @@ class TrainingSection:
 
 @dataclass(frozen=True)
 class SpikingSection:
-    """Charge-domain spiking IMC core study (scenarios.spiking): a network trained on
-    time-coded digits and simulated event by event."""
+    """Charge-domain spiking IMC core study (scenarios.spiking, Sakemi et al., arXiv
+    2412.09010): an RC-Spike network 16-``hidden``-10 on scikit-learn's digits (8×8 averaged
+    over ``pool``×``pool`` blocks, split by ``split_seed``), time-coded t = τ_in·(1 − x),
+    trained for each of ``models`` ("bottom_up": synapses with reversal potentials
+    ``e_plus`` > 0 > ``e_minus`` and a discharger with ``e_dis`` > 1; "top_down": the ideal
+    core, all β = 0) by each of ``methods`` ("dstd" with ``dstd_steps`` M; "exact") for each
+    of ``seeds``; every trained network is also evaluated on the other model.
 
+    Normalised units: time in phase lengths T, potential in reset-to-threshold swings
+    V_swing, weights w = g·T·E/(C_m·V_swing) (1: a synapse on for a whole phase charges the
+    ideal membrane from reset to threshold). ``tau_in``, ``tau_soft``, ``t_ref`` and
+    ``spike_noise`` (std) in T; ``leak`` α in 1/T; ``e_plus``, ``e_minus``, ``e_dis`` in
+    V_swing; ``lr`` (Adam), ``gamma1`` (temporal penalty), ``init_mean``, ``init_std``
+    (v(1) at initialisation) dimensionless; ``batch`` samples per minibatch."""
+
+    hidden: tuple[int, ...] = (16,)
     epochs: int = 30
-    seeds: tuple[int, ...] = (0,)
+    batch: int = 32
+    lr: float = 0.01
+    tau_in: float = 1.0
+    tau_soft: float = 0.07
+    gamma1: float = 0.02
+    t_ref: float = 0.9
+    dstd_steps: int = 15
+    spike_noise: float = 0.01
+    e_plus: float = 2.80
+    e_minus: float = -1.53
+    e_dis: float = 6.4
+    leak: float = 0.0
+    init_mean: float = 0.5
+    init_std: float = 0.3
+    pool: Literal[1, 2, 4] = 2
+    split_seed: int = 0
+    models: tuple[Literal["bottom_up", "top_down"], ...] = ("bottom_up", "top_down")
+    methods: tuple[Literal["dstd", "exact"], ...] = ("dstd", "exact")
+    seeds: tuple[int, ...] = (0, 1, 2)
 
     def validate(self, where):
-        _positive(where, "epochs", self.epochs)
-        if not self.seeds:
-            raise InputError(f"{where}.seeds: needs at least one seed")
+        for name in ("epochs", "batch", "lr", "tau_soft", "dstd_steps"):
+            _positive(where, name, getattr(self, name))
+        for name in ("gamma1", "spike_noise", "leak", "init_std"):
+            _positive(where, name, getattr(self, name), strict=False)
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise InputError(f"{where}.hidden: needs layer sizes > 0")
+        if not 0.0 < self.tau_in <= 1.0:
+            raise InputError(f"{where}.tau_in: must be in (0, 1] (T), got {self.tau_in}")
+        if not 0.0 <= self.t_ref <= 1.0:
+            raise InputError(f"{where}.t_ref: must be in [0, 1] (T), got {self.t_ref}")
+        if not self.e_plus > 0.0:
+            raise InputError(f"{where}.e_plus: must be > 0, got {self.e_plus}")
+        if not self.e_minus < 0.0:
+            raise InputError(f"{where}.e_minus: must be < 0, got {self.e_minus}")
+        if not self.e_dis > 1.0:
+            raise InputError(f"{where}.e_dis: must be > 1 (else the discharger never "
+                             f"reaches threshold), got {self.e_dis}")
+        for name in ("models", "methods", "seeds"):
+            values = getattr(self, name)
+            if not values:
+                raise InputError(f"{where}.{name}: needs at least one entry")
+            if len(set(values)) != len(values):
+                raise InputError(f"{where}.{name}: an entry is listed twice")
+
+    def config(self, seed: int):
+        """The training settings of one seed (the study-level fields left out)."""
+        from imcsim.scenarios.spiking import SpikingConfig
+
+        settings = {k: v for k, v in to_dict(self).items()
+                    if k not in ("models", "methods", "seeds")}
+        settings["hidden"] = tuple(settings["hidden"])
+        return SpikingConfig(**settings, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------
