@@ -19,7 +19,9 @@ timing helpers are imported from ``bench_pcm.py`` next to it)::
    PCM, programming + drift-exponent spread + 1/f read noise, global drift compensation),
    per-column max-abs weight scale: clean test accuracy, and the mean test accuracy of 20
    draws of W + σ⊙ξ (weight-space Monte-Carlo, not the tile harness); mean ± std over the
-   seeds. And why the numbers are what they are: the median σ_i/|w_i| over weights, and the
+   seeds, and the per-seed (paired) difference of the noisy accuracy from SGD's, mean ± std
+   (the same seed shares split and initial weights, so pairing removes their spread). And
+   why the numbers are what they are: the median σ_i/|w_i| over weights, and the
    loss increase the noise is expected to cause, ½ Σ σ_i² H_ii (exact Gauss-Newton diagonal =
    the exact Hessian diagonal of these ReLU networks, on the whole training set), against the
    training loss.
@@ -142,11 +144,15 @@ def format_result(result: dict) -> str:
     lines += ["", f"2. accuracy after {cfg['epochs']} epochs, training seeds {cfg['seeds']} "
               "(mean ± std over seeds; noise: NoiseModel() at 1 day, 20 draws per seed)",
               f"  {'network':<5} {'training':<34} {'clean %':>13} {'W+σξ %':>13} "
-              f"{'median σ/|w|':>13} {'½Σσ²H_ii':>16} {'train loss':>16}"]
+              f"{'Δ vs SGD, paired':>16} {'median σ/|w|':>13} {'½Σσ²H_ii':>16} "
+              f"{'train loss':>16}"]
     labels = {v[0]: v[1] for v in VARIANTS}
+    sgd = {a["arch"]: np.asarray(a["noisy"]) for a in acc if a["variant"] == "sgd"}
     for a in acc:
+        paired = np.asarray(a["noisy"]) - sgd[a["arch"]]
         lines.append(f"  {a['arch']:<5} {labels[a['variant']]:<34} {_ms(a['clean']):>13} "
-                     f"{_ms(a['noisy']):>13} {_ms(a['median_rel_sigma'], 1.0, 3):>13} "
+                     f"{_ms(a['noisy']):>13} {_ms(paired):>16} "
+                     f"{_ms(a['median_rel_sigma'], 1.0, 3):>13} "
                      f"{_ms(a['expected_loss_increase'], 1.0, 4):>16} "
                      f"{_ms(a['train_loss'], 1.0, 4):>16}")
     return "\n".join(lines + footer_lines(result, rows))

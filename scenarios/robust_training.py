@@ -36,9 +36,13 @@ Hessian diagonals (:func:`hessian_diagonal`, of the minibatch-mean loss, weights
   derivatives are those of the softmax and the products between layers;
 * ``"gauss_newton"``: the exact diagonal of G = (1/n) Σ_s J_sᵀ (diag p_s − p_s p_sᵀ) J_s,
   from the factorisation diag p − p pᵀ = A Aᵀ, A = diag(√p) − p √pᵀ: one backward pass per
-  class of the columns of A, per-sample gradients squared and summed. G = H for a model
-  linear in its weights (softmax regression); for a network it drops the term of the
-  logits' own second derivatives and is positive semi-definite;
+  class of the columns of A, per-sample gradients squared and summed. H − G is the term
+  Σ_c ∂L/∂z_c · ∂²z_c/∂w∂w of the logits' own second derivatives; G = H for a model linear
+  in its weights (softmax regression). For the ReLU/average-pooling networks here the logits
+  are linear in each *single* weight (with the unit masks fixed), so ∂²z_c/∂w_i² = 0 and the
+  GN diagonal equals the exact Hessian diagonal, while the matrices differ off the diagonal
+  (tests/test_robust_training.py checks both): for these networks "gauss_newton" is the
+  exact diagonal at C backward passes (C classes) and no sampling noise;
 * ``"exact"``: H e_i for every weight i (tests and tiny networks only).
 
 Gradient of the penalty (``penalty_gradient``):
@@ -642,6 +646,19 @@ def train(net: Net, data: digits.DataSplit, *, method: str = "sgd", epochs: int 
         raise ValueError(f"method {method!r} needs a NoiseModel")
     if epochs < 0 or batch < 1 or not lr > 0.0:
         raise ValueError(f"need epochs >= 0, batch >= 1, lr > 0; got {epochs}, {batch}, {lr}")
+    if method == "hasgd":
+        if penalty_mode not in ("full", "frozen"):
+            raise ValueError(f"penalty_mode must be 'full' or 'frozen', got {penalty_mode!r}")
+        if hessian not in ("hutchinson", "gauss_newton"):
+            raise ValueError(f"hessian must be 'hutchinson' or 'gauss_newton', got {hessian!r}")
+        if penalty_mode == "full" and hessian != "hutchinson":
+            raise ValueError("penalty_mode 'full' takes its curvature from Hutchinson probes; "
+                             f"hessian {hessian!r} needs penalty_mode 'frozen'")
+        if not (isinstance(probes, int) and probes >= 1):
+            raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+        if not (fd_step > 0.0 and penalty_weight >= 0.0):
+            raise ValueError(f"need fd_step > 0 and penalty_weight >= 0, got {fd_step}, "
+                             f"{penalty_weight}")
     with threadpool_limits(1, user_api="blas"):
         return _train(net.copy(), data, method, epochs, lr, batch, seed, noise, weight_scale,
                       hessian, probes, penalty_mode, penalty_weight, fd_step, momentum)

@@ -350,6 +350,21 @@ def test_bad_arguments_are_value_errors(data):
         rt.build_net("rnn", 64, 10, seed=0)
     with pytest.raises(ValueError, match="t_inference"):
         rt.NoiseModel(t_inference=-1.0)
+    with pytest.raises(ValueError, match="frozen"):
+        rt.train(net, data, method="hasgd", noise=rt.NoiseModel(), hessian="gauss_newton")
+    with pytest.raises(ValueError, match="probes"):
+        rt.train(net, data, method="hasgd", noise=rt.NoiseModel(), probes=0)
+
+
+def test_per_weight_scales_give_each_weight_its_own_sigma():
+    """Analog floating point maps small weights with a larger gain (a smaller scale s_i):
+    σ_i = s_i·σ_g(|w_i|/s_i·g_max)/g_max weight by weight, whatever the other weights' s."""
+    noise = rt.NoiseModel()
+    w = np.array([[0.9, 0.1], [-0.05, -0.6]])
+    s = np.array([[1.0, 0.25], [0.25, 1.0]])
+    expected = s * rt.conductance_sigma(np.abs(w) / s * 25e-6, noise) / 25e-6
+    assert np.allclose(rt.weight_sigma(w, s, noise), expected, rtol=5e-4)
+    assert rt.weight_sigma(w, s, noise)[0, 1] < rt.weight_sigma(w, 1.0, noise)[0, 1]
 
 
 def test_bench_hasgd_quick_runs():
