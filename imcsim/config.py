@@ -665,17 +665,93 @@ class SpikingSection:
 # Inference-robustness studies (issue 7): scenarios.inference
 
 
-@dataclass(frozen=True)
-class InferenceSection:
-    """Inference under device non-idealities (scenarios.inference): trained networks mapped
-    onto PCM tiles, evaluated as they drift, with and without each remedy."""
+INFERENCE_METHODS = ("float", "sgd_maxabs", "sgd_percentile", "sgd_fixed2", "noise", "hasgd",
+                     "afp", "afp_hasgd", "pto_sgd", "pto_noise")
 
-    device_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
-    times: tuple[float, ...] = (1.0, 3600.0, 86400.0, 3.1536e7)
+
+@dataclass(frozen=True)
+class PTOSection:
+    """Post-training range optimisation (scenarios.pto): Adam on the logarithms of the column
+    scales and DAC ranges, ``iterations`` steps of learning rate ``lr`` on fresh device
+    draws at the deployment time ``t_target`` (s); the best of the start and every
+    ``check_every``-th step on ``eval_draws`` fixed draws is kept."""
+
+    iterations: int = 150
+    lr: float = 0.03
+    t_target: float = 86400.0
+    eval_draws: int = 4
+    check_every: int = 25
 
     def validate(self, where):
+        for name in ("iterations", "lr", "t_target", "eval_draws", "check_every"):
+            _positive(where, name, getattr(self, name))
+
+    def settings(self):
+        from imcsim.scenarios.pto import PTOSettings
+
+        return PTOSettings(**to_dict(self))
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    """Inference under device non-idealities (scenarios.inference): networks of each of
+    ``architectures`` ("mlp": 64-hidden-10; "cnn": 3×3 convolution with ``channels``
+    filters, pooling, a dense layer of hidden[0]) trained on scikit-learn's digits
+    (``train_seed``: split, initial weights, batch order; ``epochs``, ``lr``, ``batch`` of
+    minibatch SGD with momentum) by plain SGD, noise injection and HA-SGD (device noise at
+    ``t_train`` s after programming; ``hessian``, ``probes``, ``penalty_mode`` of HA-SGD),
+    mapped onto tiles of at most ``tile_rows × tile_cols`` PCM pairs ([device] model,
+    [periphery] DAC/ADC bits, v_read and ADC full scale), and evaluated by each of
+    ``methods`` on the devices of every one of ``device_seeds`` at ``times`` (s after
+    programming) with global drift compensation referenced at ``t_calibrate`` (s) on
+    ``calibration_images`` training images (also PTO's calibration set). ``percentile``: the
+    DAC range of "sgd_percentile" (percentile of |input|); ``afp_gain``: γ of the analog
+    floating-point mapping; ``pto``: the range optimiser."""
+
+    architectures: tuple[Literal["mlp", "cnn"], ...] = ("mlp", "cnn")
+    hidden: tuple[int, ...] = (64,)
+    channels: int = 8
+    epochs: int = 30
+    lr: float = 0.05
+    batch: int = 32
+    train_seed: int = 0
+    t_train: float = 86400.0
+    hessian: Literal["hutchinson", "gauss_newton"] = "hutchinson"
+    penalty_mode: Literal["full", "frozen"] = "full"
+    probes: int = 1
+    methods: tuple[Literal[INFERENCE_METHODS], ...] = INFERENCE_METHODS
+    device_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    times: tuple[float, ...] = (1.0, 3600.0, 86400.0, 3.1536e7)
+    t_calibrate: float = 1.0
+    calibration_images: int = 256
+    tile_rows: int = 256
+    tile_cols: int = 256
+    percentile: float = 99.9
+    afp_gain: float = 4.0
+    pto: PTOSection = field(default_factory=PTOSection)
+
+    def validate(self, where):
+        if not self.architectures:
+            raise InputError(f"{where}.architectures: needs at least one architecture")
+        if not self.methods:
+            raise InputError(f"{where}.methods: needs at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise InputError(f"{where}.methods: a method is listed twice")
         if not self.device_seeds:
             raise InputError(f"{where}.device_seeds: needs at least one seed")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise InputError(f"{where}.hidden: needs layer sizes > 0")
+        if "cnn" in self.architectures and len(self.hidden) != 1:
+            raise InputError(f"{where}.hidden: the cnn architecture takes one hidden size")
+        for name in ("channels", "epochs", "lr", "batch", "t_train", "probes", "t_calibrate",
+                     "calibration_images", "tile_rows", "tile_cols"):
+            _positive(where, name, getattr(self, name))
+        if not 0.0 < self.percentile <= 100.0:
+            raise InputError(f"{where}.percentile: must be in (0, 100], got {self.percentile}")
+        if not self.afp_gain > 1.0:
+            raise InputError(f"{where}.afp_gain: must be > 1, got {self.afp_gain}")
+        if self.tile_cols < 2:
+            raise InputError(f"{where}.tile_cols: the two-column mappings need at least 2")
         _check_times(f"{where}.times", self.times)
         if not self.times or self.times[0] <= 0:
             raise InputError(f"{where}.times: needs increasing times > 0 s")

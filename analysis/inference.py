@@ -1,0 +1,100 @@
+"""Inference-robustness study results: the table method × drift time → accuracy and its
+figure (scenarios.inference)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from imcsim.store import Trace
+
+_DAY = 86400.0
+
+
+def _names(trace: Trace, key: str) -> list[str]:
+    return [str(v) for v in trace.attrs[key]]
+
+
+def accuracy_table(trace: Trace) -> list[dict]:
+    """One row per (architecture, method): drift times (s), mean and sample std of the test
+    accuracy over device seeds at each time, the seeds, and what the method needs to know."""
+    needs = json.loads(str(trace.attrs["inference_needs"]))
+    seeds = [int(s) for s in trace.attrs["inference_device_seeds"]]
+    rows = []
+    for arch in _names(trace, "inference_architectures"):
+        for method in _names(trace, "inference_methods"):
+            s = trace.series(f"accuracy_{arch}_{method}")
+            std = s.data.std(axis=1, ddof=1) if s.data.shape[1] > 1 else np.full(s.t.size,
+                                                                                   np.nan)
+            rows.append({"architecture": arch, "method": method, "t": s.t,
+                         "mean": s.data.mean(axis=1), "std": std, "seeds": seeds,
+                         "needs": needs[method]})
+    return rows
+
+
+def _time_label(t: float) -> str:
+    for unit, size in (("y", 3.1536e7), ("d", _DAY), ("h", 3600.0), ("min", 60.0)):
+        if t >= size:
+            return f"{t / size:g} {unit}"
+    return f"{t:g} s"
+
+
+def summary_lines(trace: Trace) -> list[str]:
+    """The lines ``imcsim info`` prints: per architecture, the table method × drift time →
+    accuracy (%) mean ± std over device seeds, PTO's recovery, and the needs-to-know list."""
+    rows = accuracy_table(trace)
+    if not rows:
+        return ["  no results"]
+    metrics = trace.metrics()
+    lines = [f"  test accuracy (%), mean ± std over device seeds {rows[0]['seeds']}, with "
+             "global drift compensation"]
+    for arch in _names(trace, "inference_architectures"):
+        mine = [r for r in rows if r["architecture"] == arch]
+        times = mine[0]["t"]
+        lines.append(f"  {arch}:")
+        lines.append(f"    {'method':<16}" + "".join(f"{_time_label(t):>16}" for t in times))
+        for r in mine:
+            cells = "".join(f"{100 * m:>9.2f} ± {100 * s:4.2f}" for m, s in zip(r["mean"],
+                                                                                 r["std"]))
+            lines.append(f"    {r['method']:<16}{cells}")
+        for t in times:
+            key = f"pto_recovery_{arch}_t{t:g}"
+            if key in metrics and np.isfinite(metrics[key][0]):
+                lines.append(f"    PTO on SGD recovers {100 * metrics[key][0]:.0f} % of the "
+                             f"float − max-abs loss at {_time_label(t)}")
+    lines.append("  needs to know:")
+    for r in rows[:len(_names(trace, "inference_methods"))]:
+        lines.append(f"    {r['method']:<16}{r['needs']}")
+    return lines
+
+
+def figure(trace: Trace, out) -> None:
+    """Accuracy vs drift time (log axis), one line per method with its ±std band over device
+    seeds, one panel per architecture."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = accuracy_table(trace)
+    archs = _names(trace, "inference_architectures")
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.8),
+                             constrained_layout=True, squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for r in (r for r in rows if r["architecture"] == arch):
+            style = "--" if r["method"] == "float" else "o-"
+            line, = ax.plot(r["t"], 100 * r["mean"], style, label=r["method"])
+            std = np.nan_to_num(r["std"])
+            ax.fill_between(r["t"], 100 * (r["mean"] - std), 100 * (r["mean"] + std),
+                            color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("time after programming (s)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{arch}: mean ± std over {len(rows[0]['seeds'])} device seeds")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{Path(trace.path).name}: inference under PCM drift")
+    fig.savefig(Path(out), dpi=110)
+    plt.close(fig)

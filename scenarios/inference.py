@@ -1,0 +1,642 @@
+"""Inference of trained networks on drifting PCM tiles, and the mappings the remedies compare.
+
+Harness (issue 7, item 1). A trained network (``scenarios.robust_training.Net``: layers of
+``mixed_precision.Layer`` — dense, or an im2col convolution as the first layer — with
+weights ``(in, out)`` and digital biases) is mapped onto tiles of at most ``tile_rows ×
+tile_cols`` differential PCM pairs, in the generalisation of ``scenarios.network``'s mapping to
+any layer list, per-column weight scales and per-tile DAC ranges:
+
+* a layer W is cut into blocks of ``tile_rows`` input rows × ``tile_cols / copies`` output
+  columns (``copies`` = 2 for the two-column mappings below), one tile per block;
+* column j of a block has its own weight scale s_j (weight units mapped to g_max: the
+  "conductance range" of the column) and every tile its own DAC input range r (the |input|
+  at the DAC's full scale);
+* a *physical* column p of a tile holds the normalised targets u_ip = clip(k_p·W'_ip/s_j(p),
+  −1, 1) as a pair G⁺ = max(u, 0)·g_max, G⁻ = max(−u, 0)·g_max, with W' the weights the
+  column carries and k_p its gain; its ADC output c_p = ADC(Σ_i x_q,i·(G⁺ − G⁻)_ip/g_max)
+  (normalised current, x_q the DAC output in [−1, 1]) enters the digital output as
+  y_j = α·r·Σ_{p→j} f_p·c_p with f_p = s_j/(k_p·n_j), n_j the columns that share output j.
+
+Mappings (the ``kind`` of :func:`map_network`):
+
+* ``"fixed"``: one pair per weight, k = 1 (uniform fixed-point mapping, as the GDP issue's
+  network check, but per column);
+* ``"fixed2"``: two pairs per weight on two columns holding the same weight, outputs averaged
+  (f = s/2): fixed-point at the device count of AFP, independent device noise averaging;
+* ``"afp"``: analog floating point, our reconstruction of the "bi-scale" representation of
+  Wan et al. (arXiv 2008.02400; the paper's text was not available to us, only its
+  abstract, so what follows is a reconstruction and labelled as such). Each weight gets a
+  one-bit exponent e = 1 where |w| < s_j/γ, else 0. Column "big" of output j holds the
+  weights with e = 0 at gain 1, column "small" the weights with e = 1 at gain γ
+  (u = γ·w/s_j, so small weights use the whole conductance range), and the digital periphery
+  divides the small column's partial sum by γ: y_j = α·r·s_j·(c_big + c_small/γ).
+  Cost, explicitly: two physical columns (two pairs, four devices) per weight — the same
+  device count as ``"fixed2"`` — one of the two pairs holding target 0 (both devices RESET,
+  which still carry the statistical model's programming noise at g_T = 0 and its 1/f noise),
+  and two ADC conversions per output instead of one.
+
+Device physics: the Joshi et al. (2020) statistical model of ``physics.pcm``
+(``program_statistical``: programming noise at the target; ``draw_drift_state``: drift
+exponent and 1/f amplitude from the target; ``read_drifted``: drift and 1/f read noise at the
+read time, one read of every device per evaluation time, shared by all test images), device
+instances keyed by ``network.tile_seed(device_seed, tile index)``. Global drift compensation
+as in ``scenarios.network``: at ``t_calibrate`` every tile keeps the mean |y| of the float
+network's calibration rows; at time t its outputs are multiplied by α = reference/mean |y|.
+The periphery is ``physics.crossbar``'s: signed DAC and ADC (bits, v_read), ADC full scale in
+A fixed by the hardware (not calibrated per tile), outputs read through
+:func:`crossbar.tile_mvm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from imcsim.physics import crossbar, pcm, rng
+from imcsim.scenarios import network
+
+MAPPINGS = ("fixed", "fixed2", "afp")
+_READ_COUNTER0 = 16  # read counters: calibration at _READ_COUNTER0, time k at +1 + k
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The simulated chip: PCM statistical model, tile size, periphery, GDC time.
+
+    ``periphery`` gives dac_bits, adc_bits, v_read (V) and adc_full_scale (A); its
+    input_range is replaced per tile by the mapping's DAC range. ``t_calibrate`` (s) is when
+    the drift-compensation reference is taken, after programming at t = 0.
+    """
+
+    stat: pcm.StatisticalModel = field(default_factory=pcm.StatisticalModel)
+    periphery: crossbar.Periphery = field(default_factory=lambda: crossbar.Periphery(
+        dac_bits=8, adc_bits=8, adc_full_scale=50e-6))
+    tile_rows: int = 256
+    tile_cols: int = 256
+    t_calibrate: float = 1.0
+
+    @property
+    def adc_range(self) -> float:
+        """ADC full scale in normalised current units Σ x_q·u (the current of one row at full
+        input on a full-scale device is 1): I_fs/(v_read·g_max)."""
+        return self.periphery.adc_full_scale / (self.periphery.v_read * self.stat.g_max)
+
+
+@dataclass
+class TileMap:
+    """One tile of a mapped network.
+
+    ``weights`` (rows, P) are the weights each physical column carries (0 where a weight sits
+    in the other column of an AFP pair), ``gain`` k_p and ``share`` 1/n_j per physical column,
+    ``column`` the block column j each physical column adds to; ``scale`` s_j per block
+    column (weight units at g_max) and ``input_range`` r (the DAC's full-scale |input|)."""
+
+    layer: int
+    row0: int
+    col0: int
+    n_cols: int
+    weights: np.ndarray
+    gain: np.ndarray
+    share: np.ndarray
+    column: np.ndarray
+    scale: np.ndarray
+    input_range: float
+
+    @property
+    def rows(self) -> int:
+        return self.weights.shape[0]
+
+    def targets(self, scale: np.ndarray | None = None) -> np.ndarray:
+        """Normalised targets u = clip(k·W'/s, −1, 1), shape (rows, P)."""
+        s = (self.scale if scale is None else scale)[self.column]
+        return np.clip(self.weights * (self.gain / s), -1.0, 1.0)
+
+    def factors(self, scale: np.ndarray | None = None) -> np.ndarray:
+        """f_p = s_j·share_p/k_p: weight units per unit of normalised current and input."""
+        s = (self.scale if scale is None else scale)[self.column]
+        return s * self.share / self.gain
+
+    def combine(self, c: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+        """Σ_{p→j} f_p·c_p: physical ADC outputs (B, P) -> block outputs (B, n_cols)."""
+        weighted = c * self.factors(scale)
+        out = np.zeros((c.shape[0], self.n_cols))
+        for p in range(self.column.size):  # at most two physical columns per output
+            out[:, self.column[p]] += weighted[:, p]
+        return out
+
+
+def afp_exponent(w: np.ndarray, scale, gain: float) -> np.ndarray:
+    """AFP one-bit exponent (reconstruction): True where |w| < scale/γ, i.e. where the weight
+    fits the high-gain column."""
+    return np.abs(w) < np.asarray(scale) / gain
+
+
+def afp_weight_scale(w: np.ndarray, gain: float, scale=None) -> np.ndarray:
+    """Per-weight scale (weight units at g_max) of the AFP mapping: s_j for weights with
+    exponent 0, s_j/γ for those with exponent 1 (default s_j: the column's max |w|)."""
+    s = np.max(np.abs(w), axis=0) if scale is None else np.asarray(scale, dtype=float)
+    s = np.where(s > 0, s, 1.0)
+    return np.where(afp_exponent(w, s, gain), s / gain, np.broadcast_to(s, w.shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Layer rows and ranges
+
+
+def layer_forward(net, x: np.ndarray, matmul=None, keep=False):
+    """Logits of ``net`` on ``x`` with ``matmul(layer, rows, W)`` replacing ``rows @ W`` (None:
+    float); with ``keep``, also every layer's rows and post-cache (for back-propagation)."""
+    h = np.asarray(x, dtype=np.float64)
+    rows_all, caches = [], []
+    for k, (layer, w, b) in enumerate(zip(net.layers, net.weights, net.biases)):
+        rows = layer.pre(h)
+        z = (rows @ w if matmul is None else matmul(k, rows, w)) + b
+        h, cache = layer.post(z)
+        if keep:
+            rows_all.append(rows)
+            caches.append(cache)
+    return (h, rows_all, caches) if keep else h
+
+
+def layer_rows(net, x: np.ndarray) -> list[np.ndarray]:
+    """The rows every layer's tiles see when the float network runs on ``x``."""
+    return layer_forward(net, x, keep=True)[1]
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == y))
+
+
+def _blocks(net, hw: Hardware, copies: int):
+    cols = max(hw.tile_cols // copies, 1)
+    for layer, w in enumerate(net.weights):
+        for r0 in range(0, w.shape[0], hw.tile_rows):
+            for c0 in range(0, w.shape[1], cols):
+                yield layer, r0, c0, w[r0:r0 + hw.tile_rows, c0:c0 + cols]
+
+
+def column_scales_maxabs(w: np.ndarray) -> np.ndarray:
+    """Per-column max |w| (the largest weight of each column at g_max); 1 for an all-zero
+    column."""
+    s = np.max(np.abs(w), axis=0)
+    return np.where(s > 0, s, 1.0)
+
+
+def input_range_maxabs(rows: np.ndarray) -> float:
+    """DAC range from the largest |input| of the calibration rows (1 if all are 0)."""
+    return float(np.max(np.abs(rows))) or 1.0
+
+
+def input_range_percentile(rows: np.ndarray, percentile: float) -> float:
+    """DAC range at the ``percentile``-th percentile of |input| over the calibration rows
+    (the statistical calibration of common quantisation tools); never 0."""
+    value = float(np.percentile(np.abs(rows), percentile))
+    return value if value > 0 else input_range_maxabs(rows)
+
+
+def map_network(net, hw: Hardware, rows_calibration: list[np.ndarray], kind: str = "fixed", *,
+                gain: float = 4.0, input_ranges: str | list[float] = "maxabs",
+                percentile: float = 99.9) -> list[TileMap]:
+    """Tiles of ``net`` with max-abs column scales and DAC ranges from the calibration rows
+    (``input_ranges``: "maxabs", "percentile" or one value per tile), mapping ``kind``
+    ("fixed", "fixed2", "afp"; ``gain`` γ of AFP)."""
+    if kind not in MAPPINGS:
+        raise ValueError(f"mapping must be one of {MAPPINGS}, got {kind!r}")
+    if kind == "afp" and not gain > 1.0:
+        raise ValueError(f"the AFP gain must be > 1, got {gain}")
+    copies = 1 if kind == "fixed" else 2
+    tiles = []
+    for index, (layer, r0, c0, block) in enumerate(_blocks(net, hw, copies)):
+        rows = rows_calibration[layer][:, r0:r0 + block.shape[0]]
+        if isinstance(input_ranges, str):
+            r = (input_range_percentile(rows, percentile) if input_ranges == "percentile"
+                 else input_range_maxabs(rows))
+        else:
+            r = float(input_ranges[index])
+        s = column_scales_maxabs(block)
+        n = block.shape[1]
+        col = np.arange(n)
+        if kind == "fixed":
+            weights, gains, share, column = block.copy(), np.ones(n), np.ones(n), col
+        elif kind == "fixed2":
+            weights = np.concatenate([block, block], axis=1)
+            gains, share, column = np.ones(2 * n), np.full(2 * n, 0.5), np.tile(col, 2)
+        else:
+            small = afp_exponent(block, s, gain)
+            weights = np.concatenate([np.where(small, 0.0, block), np.where(small, block, 0.0)],
+                                     axis=1)
+            gains = np.concatenate([np.ones(n), np.full(n, gain)])
+            share, column = np.ones(2 * n), np.tile(col, 2)
+        tiles.append(TileMap(layer, r0, c0, n, weights, gains, share, column, s, r))
+    return tiles
+
+
+def with_ranges(tiles: list[TileMap], scales: list[np.ndarray], input_ranges: list[float]
+                ) -> list[TileMap]:
+    """Copies of ``tiles`` with new column scales and DAC ranges (e.g. chosen by PTO)."""
+    return [replace(t, scale=np.asarray(s, dtype=float).copy(), input_range=float(r))
+            for t, s, r in zip(tiles, scales, input_ranges)]
+
+
+# --------------------------------------------------------------------------------------------
+# Programming, reading, evaluating
+
+
+@dataclass
+class ProgrammedTile:
+    """A tile's devices after statistical programming: flat [G⁺ (rows·P), G⁻ (rows·P)]."""
+
+    tile: TileMap
+    seed: int
+    g_target: np.ndarray
+    g_prog: np.ndarray
+    nu: np.ndarray
+    q_s: np.ndarray
+    gdc_reference: float = np.nan
+
+
+def conductance_targets(tile: TileMap, g_max: float) -> np.ndarray:
+    """Flat targets [G⁺, G⁻] (S) of a tile's pairs."""
+    u = tile.targets()
+    return np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * g_max
+
+
+def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int
+            ) -> list[ProgrammedTile]:
+    """Program every tile at t = 0 with the statistical model on the devices of
+    ``device_seed`` (tile k: ``network.tile_seed(device_seed, k)``)."""
+    out = []
+    for index, tile in enumerate(tiles):
+        seed = network.tile_seed(device_seed, index)
+        g_t = conductance_targets(tile, stat.g_max)
+        g_p = np.empty_like(g_t)
+        pcm.program_statistical(g_t, g_p, stat.g_max, np.asarray(stat.prog_coeff),
+                                stat.prog_coeff_g_ref, stat.prog_noise_scale, np.uint64(seed),
+                                np.uint64(0))
+        nu, q_s = np.empty_like(g_t), np.empty_like(g_t)
+        pcm.draw_drift_state(g_t, g_t, stat.g_max, stat.model_id, stat.drift_scale,
+                             np.uint64(seed), np.uint64(0), nu, q_s)
+        out.append(ProgrammedTile(tile, seed, g_t, g_p, nu, q_s))
+    return out
+
+
+def read(chip: ProgrammedTile, stat: pcm.StatisticalModel, t: float, counter: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """(G⁺, G⁻), each (rows, P) in S, of one tile read at ``t`` with read-noise counter."""
+    g = np.empty((1, chip.g_prog.size))
+    pcm.read_drifted(chip.g_prog, np.zeros_like(chip.g_prog), chip.nu, chip.q_s,
+                     np.array([float(t)]), np.array([counter], dtype=np.uint64), stat.t0,
+                     stat.t_read, stat.shifted, stat.read_noise_scale, np.uint64(chip.seed), g)
+    half = g.size // 2
+    shape = chip.tile.weights.shape
+    return g[0, :half].reshape(shape), g[0, half:].reshape(shape)
+
+
+def tile_output(tile: TileMap, g_plus, g_minus, rows: np.ndarray, hw: Hardware) -> np.ndarray:
+    """Block outputs (B, n_cols) in weight units, before drift compensation: the physical
+    columns through DAC and ADC (:func:`crossbar.tile_mvm` with weight_scale = 1, which
+    returns r·c, c the normalised current), recombined digitally with the factors f_p."""
+    periphery = replace(hw.periphery, input_range=tile.input_range)
+    x = rows[:, tile.row0:tile.row0 + tile.rows]
+    c = crossbar.tile_mvm(g_plus, g_minus, x, periphery, 1.0, hw.stat.g_max)
+    return tile.combine(c)
+
+
+def calibrate(chips: list[ProgrammedTile], hw: Hardware, rows_calibration: list[np.ndarray]
+              ) -> None:
+    """Store every tile's drift-compensation reference: mean |y| on the calibration rows of
+    its layer, read at ``hw.t_calibrate``."""
+    for chip in chips:
+        gp, gm = read(chip, hw.stat, hw.t_calibrate, _READ_COUNTER0)
+        y = tile_output(chip.tile, gp, gm, rows_calibration[chip.tile.layer], hw)
+        chip.gdc_reference = float(np.mean(np.abs(y)))
+
+
+def _compensation(chips, reads, hw: Hardware, rows_calibration) -> list[float]:
+    alphas = []
+    for chip, (gp, gm) in zip(chips, reads):
+        alpha = 1.0
+        if rows_calibration is not None and np.isfinite(chip.gdc_reference):
+            level = float(np.mean(np.abs(tile_output(chip.tile, gp, gm,
+                                                     rows_calibration[chip.tile.layer], hw))))
+            alpha = chip.gdc_reference / level if level > 0 else 1.0
+        alphas.append(alpha)
+    return alphas
+
+
+def chip_hook(chips: list[ProgrammedTile], hw: Hardware, t: float, counter: int,
+              rows_calibration: list[np.ndarray] | None):
+    """``matmul(layer, rows, W)`` computing each layer on its tiles read at ``t``, every
+    tile's output multiplied by α = reference/mean|y on the calibration rows| (no
+    compensation when ``rows_calibration`` is None)."""
+    reads = [read(chip, hw.stat, t, counter) for chip in chips]
+    alphas = _compensation(chips, reads, hw, rows_calibration)
+
+    def matmul(layer, rows, w):
+        y = np.zeros((rows.shape[0], w.shape[1]))
+        for chip, (gp, gm), alpha in zip(chips, reads, alphas):
+            tile = chip.tile
+            if tile.layer == layer:
+                y[:, tile.col0:tile.col0 + tile.n_cols] += alpha * tile_output(tile, gp, gm,
+                                                                                rows, hw)
+        return y
+
+    matmul.reads = reads
+    matmul.alphas = alphas
+    return matmul
+
+
+def weight_error(net, chips: list[ProgrammedTile], reads, alphas, g_max: float) -> float:
+    """‖W_eff − W‖/‖W‖ over all layers, W_eff = α·Σ_p f_p·(G⁺ − G⁻)_p/g_max the weights the
+    tiles hold as read (drift-compensated, periphery ideal): the device noise a mapping
+    leaves in weight units."""
+    num = den = 0.0
+    for chip, (gp, gm), alpha in zip(chips, reads, alphas):
+        tile = chip.tile
+        w_eff = alpha * tile.combine((gp - gm) / g_max)
+        w = net.weights[tile.layer][tile.row0:tile.row0 + tile.rows,
+                                    tile.col0:tile.col0 + tile.n_cols]
+        num += float(np.sum((w_eff - w) ** 2))
+        den += float(np.sum(w * w))
+    return float(np.sqrt(num / den))
+
+
+def deploy(tiles: list[TileMap], hw: Hardware, device_seed: int,
+           rows_calibration: list[np.ndarray]) -> list[ProgrammedTile]:
+    """Program the tiles on the devices of ``device_seed`` and take the drift-compensation
+    reference."""
+    chips = program(tiles, hw.stat, device_seed)
+    calibrate(chips, hw, rows_calibration)
+    return chips
+
+
+def evaluate(net, tiles: list[TileMap], hw: Hardware, device_seed: int, times, x, y,
+             rows_calibration: list[np.ndarray], errors: list | None = None) -> np.ndarray:
+    """Test accuracy of ``net`` on its tiles programmed on the devices of ``device_seed``,
+    at each of ``times`` (s) after programming, with global drift compensation; appends
+    :func:`weight_error` at each time to ``errors`` when given."""
+    chips = deploy(tiles, hw, device_seed, rows_calibration)
+    out = np.empty(len(times))
+    for k, t in enumerate(times):
+        hook = chip_hook(chips, hw, t, _READ_COUNTER0 + 1 + k, rows_calibration)
+        out[k] = accuracy(layer_forward(net, x, hook), y)
+        if errors is not None:
+            errors.append(weight_error(net, chips, hook.reads, hook.alphas, hw.stat.g_max))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+
+
+# What each method must know about the hardware (beyond the trained weights).
+NEEDS = {
+    "float": "nothing (digital reference)",
+    "sgd_maxabs": "tile size; calibration inputs for the DAC range (max |x|)",
+    "sgd_percentile": "tile size; calibration inputs for the DAC range (percentile of |x|)",
+    "sgd_fixed2": "tile size; calibration inputs; two pairs per weight (2x devices, columns)",
+    "noise": "device noise model sigma(g) at the deployment time (programming, drift "
+             "spread, 1/f read); max-abs mapping at training time",
+    "hasgd": "device noise model sigma(g) at the deployment time; max-abs mapping at "
+             "training time",
+    "afp": "tile size; calibration inputs; AFP gain and a second column per output (2x "
+           "devices, 2 ADC conversions per output)",
+    "afp_hasgd": "device noise model sigma(g) at the deployment time; the AFP mapping and "
+                 "gain at training time; 2x devices",
+    "pto_sgd": "DAC and ADC bits, ADC full scale, device statistical model (programming, "
+               "drift, 1/f read noise), deployment time, tile partitioning; 256 labelled "
+               "calibration images; nothing at training time",
+    "pto_noise": "everything of pto_sgd, plus the device noise model at training time",
+}
+
+# The trained network each method starts from.
+TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_percentile": "sgd",
+               "sgd_fixed2": "sgd", "afp": "sgd", "pto_sgd": "sgd", "noise": "noise",
+               "pto_noise": "noise", "hasgd": "hasgd", "afp_hasgd": "hasgd_afp"}
+_STREAM_PTO = 70  # PTO's device draws: never the devices of an evaluated chip
+
+
+def _mapping_of(method: str) -> tuple[str, str]:
+    """(mapping kind, DAC range rule) of a method."""
+    if method in ("afp", "afp_hasgd"):
+        return "afp", "maxabs"
+    if method == "sgd_fixed2":
+        return "fixed2", "maxabs"
+    if method == "sgd_percentile":
+        return "fixed", "percentile"
+    return "fixed", "maxabs"
+
+
+class InferenceRun:
+    """The inference-robustness study of a scenario with an ``[inference]`` table."""
+
+    def __init__(self, loaded, seed: int):
+        from threadpoolctl import threadpool_limits
+
+        from imcsim.errors import InputError
+        from imcsim.scenarios import digits, robust_training
+
+        sc = loaded.scenario
+        self.section = sec = sc.inference
+        per = sc.periphery
+        if per.r_wire_row > 0 or per.r_wire_col > 0:
+            raise InputError("periphery.r_wire_row: IR drop is not modelled by the inference "
+                             "study (PTO's tile model has none)")
+        stat = sc.device.statistical_model()
+        if stat.kind != "joshi2020" and any(m.startswith("pto") for m in sec.methods):
+            raise InputError("device.model: PTO's differentiable device model implements "
+                             "'joshi2020' only")
+        self.hw = Hardware(stat=stat, periphery=per.periphery(), tile_rows=sec.tile_rows,
+                           tile_cols=sec.tile_cols, t_calibrate=sec.t_calibrate)
+        self.pto_seed = int(rng.stream_key(np.uint64(seed), np.uint64(_STREAM_PTO))
+                            >> np.uint64(1))
+        self.trainings = []
+        for method in sec.methods:
+            name = TRAINING_OF[method]
+            if name not in self.trainings:
+                self.trainings.append(name)
+        with threadpool_limits(1, user_api="blas"):
+            self.data = digits.load_digits_split(sec.train_seed)
+        self.features = self.data.x_train.shape[1]
+        self.classes = int(self.data.y_train.max()) + 1
+        self.shapes = {a: robust_training.build_net(a, self.features, self.classes,
+                                                    hidden=tuple(sec.hidden),
+                                                    channels=sec.channels, seed=0)
+                       for a in sec.architectures}
+        n_pto = sum(m.startswith("pto") for m in sec.methods)
+        n_eval = sum(m != "float" for m in sec.methods) * len(sec.device_seeds)
+        self.n_steps = len(sec.architectures) * (len(self.trainings) + n_pto + n_eval)
+        self.writer = None
+
+    def _pto_tiles(self, arch):
+        """Tiles of the fixed max-abs mapping (the partition PTO optimises)."""
+        net = self.shapes[arch]
+        rows = [np.ones((1, w.shape[0])) for w in net.weights]
+        return map_network(net, self.hw, rows, "fixed")
+
+    def declare(self, writer):
+        import json
+
+        sec = self.section
+        self.writer = w = writer
+        w.set_attrs(inference_architectures=list(sec.architectures),
+                    inference_methods=list(sec.methods),
+                    inference_needs=json.dumps({m: NEEDS[m] for m in sec.methods}),
+                    inference_device_seeds=list(sec.device_seeds),
+                    inference_times=list(sec.times),
+                    inference_trainings=self.trainings,
+                    inference_pto_seed=self.pto_seed)
+        n_seeds = len(sec.device_seeds)
+        for arch in sec.architectures:
+            for method in sec.methods:
+                w.declare_series(f"accuracy_{arch}_{method}", (n_seeds,), "f8", "1",
+                                 f"{arch}, {method}: test accuracy per device seed "
+                                 f"({list(sec.device_seeds)}) at each time after "
+                                 f"programming, with global drift compensation; needs to "
+                                 f"know: {NEEDS[method]}", n=len(sec.times))
+                if method != "float":
+                    w.declare_series(f"weight_error_{arch}_{method}", (n_seeds,), "f8", "1",
+                                     f"{arch}, {method}: |W_eff - W|/|W| over all layers per "
+                                     "device seed, W_eff the drift-compensated weights the "
+                                     "tiles hold as read at each time (ideal periphery)",
+                                     n=len(sec.times))
+            for name in self.trainings:
+                for what, desc in (("loss", "mean training loss (cross-entropy)"),
+                                   ("test_accuracy", "float test accuracy"),
+                                   ("penalty", "mean HA-SGD penalty estimate (0 otherwise)")):
+                    w.declare_series(f"training_{arch}_{name}_{what}", (), "f8", "1",
+                                     f"{arch}, training '{name}': {desc} per epoch",
+                                     n=sec.epochs, time_units="epoch",
+                                     time_description="epochs completed")
+            for method in sec.methods:
+                if not method.startswith("pto"):
+                    continue
+                for k, tile in enumerate(self._pto_tiles(arch)):
+                    w.declare_series(f"pto_{arch}_{method}_tile{k}_scale", (tile.n_cols,), "f8",
+                                     "1", f"{arch}, {method}: column scales s_j of tile {k} "
+                                     f"(layer {tile.layer}, rows {tile.row0}.., cols "
+                                     f"{tile.col0}..), weight units mapped to g_max; sample 0 "
+                                     "max-abs start, sample 1 after PTO", n=2,
+                                     time_units="1", time_description="0 start, 1 optimised")
+                w.declare_series(f"pto_{arch}_{method}_input_range",
+                                 (len(self._pto_tiles(arch)),), "f8", "1",
+                                 f"{arch}, {method}: DAC input range r of every tile (|input| "
+                                 "at full scale); sample 0 max-abs start, 1 after PTO", n=2,
+                                 time_units="1", time_description="0 start, 1 optimised")
+                w.declare_series(f"pto_{arch}_{method}_objective", (), "f8", "1",
+                                 f"{arch}, {method}: PTO objective (cross-entropy of the "
+                                 "calibration set through the tile model) on each "
+                                 "iteration's device draws", n=sec.pto.iterations,
+                                 time_units="iteration", time_description="PTO iteration")
+                w.declare_metric(f"pto_{arch}_{method}_objective_start", "1",
+                                 "PTO objective on the fixed evaluation draws at the start")
+                w.declare_metric(f"pto_{arch}_{method}_objective_best", "1",
+                                 "PTO objective on the fixed evaluation draws, returned ranges")
+            w.declare_metric(f"float_accuracy_{arch}", "1",
+                             f"{arch}: test accuracy of the SGD-trained network in float")
+            if {"float", "sgd_maxabs", "pto_sgd"} <= set(sec.methods):
+                for t in sec.times:
+                    w.declare_metric(f"pto_recovery_{arch}_t{t:g}", "1",
+                                     f"{arch}: (acc PTO on SGD − acc SGD max-abs) / (acc float "
+                                     f"− acc SGD max-abs), means over device seeds, at {t:g} s")
+
+    def run(self, progress=None):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            for arch in self.section.architectures:
+                self._run_architecture(arch, progress)
+
+    def _train(self, arch, name):
+        from imcsim.scenarios import robust_training as rt
+
+        sec = self.section
+        net = rt.build_net(arch, self.features, self.classes, hidden=tuple(sec.hidden),
+                           channels=sec.channels, seed=sec.train_seed)
+        noise = rt.NoiseModel(device=self.hw.stat, t_inference=sec.t_train)
+        method = "hasgd" if name.startswith("hasgd") else name
+        scale = "maxabs"
+        if name == "hasgd_afp":
+            gain = sec.afp_gain
+
+            def scale(layer, w):
+                return afp_weight_scale(w, gain)
+        return rt.train(net, self.data, method=method, epochs=sec.epochs, lr=sec.lr,
+                        batch=sec.batch, seed=sec.train_seed,
+                        noise=None if method == "sgd" else noise, weight_scale=scale,
+                        hessian=sec.hessian, probes=sec.probes,
+                        penalty_mode=sec.penalty_mode)
+
+    def _run_architecture(self, arch, progress):
+        from imcsim.scenarios import pto
+
+        sec, w, hw = self.section, self.writer, self.hw
+        nets = {}
+        for name in self.trainings:
+            net, history = self._train(arch, name)
+            nets[name] = net
+            for epoch, values in enumerate(zip(history.loss, history.test_accuracy,
+                                               history.penalty)):
+                for what, value in zip(("loss", "test_accuracy", "penalty"), values):
+                    w.append(f"training_{arch}_{name}_{what}", float(epoch + 1), value)
+            if progress is not None:
+                progress(1)
+        data = self.data
+        x_cal = data.x_train[:sec.calibration_images]
+        y_cal = data.y_train[:sec.calibration_images]
+        if "sgd" in nets:
+            w.set_metric(f"float_accuracy_{arch}",
+                         accuracy(layer_forward(nets["sgd"], data.x_test), data.y_test))
+        results, weight_errors = {}, {}
+        for method in sec.methods:
+            net = nets[TRAINING_OF[method]]
+            if method == "float":
+                acc = accuracy(layer_forward(net, data.x_test), data.y_test)
+                results[method] = np.full((len(sec.times), len(sec.device_seeds)), acc)
+                continue
+            rows_cal = layer_rows(net, x_cal)
+            kind, rule = _mapping_of(method)
+            tiles = map_network(net, hw, rows_cal, kind, gain=sec.afp_gain, input_ranges=rule,
+                                percentile=sec.percentile)
+            if method.startswith("pto"):
+                result = pto.optimise(net, tiles, hw, x_cal, y_cal, rows_cal,
+                                      sec.pto.settings(), self.pto_seed)
+                for k, (start, end) in enumerate(zip(tiles, result.tiles)):
+                    w.append(f"pto_{arch}_{method}_tile{k}_scale", 0.0, start.scale)
+                    w.append(f"pto_{arch}_{method}_tile{k}_scale", 1.0, end.scale)
+                w.append(f"pto_{arch}_{method}_input_range", 0.0,
+                         [t.input_range for t in tiles])
+                w.append(f"pto_{arch}_{method}_input_range", 1.0,
+                         [t.input_range for t in result.tiles])
+                for it, value in enumerate(result.loss_history):
+                    w.append(f"pto_{arch}_{method}_objective", float(it + 1), value)
+                w.set_metric(f"pto_{arch}_{method}_objective_start", result.loss_start)
+                w.set_metric(f"pto_{arch}_{method}_objective_best", result.loss_best)
+                tiles = result.tiles
+                if progress is not None:
+                    progress(1)
+            acc = np.empty((len(sec.times), len(sec.device_seeds)))
+            err = np.empty_like(acc)
+            for j, device_seed in enumerate(sec.device_seeds):
+                errors = []
+                acc[:, j] = evaluate(net, tiles, hw, device_seed, sec.times, data.x_test,
+                                     data.y_test, rows_cal, errors)
+                err[:, j] = errors
+                if progress is not None:
+                    progress(1)
+            results[method] = acc
+            weight_errors[method] = err
+        for method in sec.methods:
+            for k, t in enumerate(sec.times):
+                w.append(f"accuracy_{arch}_{method}", float(t), results[method][k])
+                if method in weight_errors:
+                    w.append(f"weight_error_{arch}_{method}", float(t),
+                             weight_errors[method][k])
+        if {"float", "sgd_maxabs", "pto_sgd"} <= set(sec.methods):
+            for k, t in enumerate(sec.times):
+                lost = results["float"][k].mean() - results["sgd_maxabs"][k].mean()
+                gained = results["pto_sgd"][k].mean() - results["sgd_maxabs"][k].mean()
+                w.set_metric(f"pto_recovery_{arch}_t{t:g}",
+                             float(gained / lost) if lost != 0 else np.nan)
+        w.flush()

@@ -1,0 +1,386 @@
+"""Post-training range optimisation (PTO): per-column conductance ranges and per-tile DAC
+ranges of a trained, frozen network, optimised through a differentiable model of its tiles.
+
+After Lammie, Vasilopoulos, Büchel, Camposampiero, Le Gallo, Rasch, Sebastian, "Improving the
+Accuracy of Analog-Based In-Memory Computing Accelerators Post-Training" (ISCAS 2024, arXiv
+2401.09859): for each crossbar, (1) the conductance range of each column and (2) the input
+(DAC) range are optimised after training. Only the abstract was available to us; the
+objective, the tile model and the optimiser below are **our reconstruction**.
+
+Parameters, per tile of :mod:`scenarios.inference`: the column scales s_j (weight units at
+g_max: a column's weights are clipped at ±s_j and mapped by u = w/s_j onto [−1, 1]) and the
+DAC range r (inputs are clipped at ±r and quantised). They are optimised as θ = (ln s, ln r)
+so that they stay positive.
+
+Objective (what is minimised):
+
+    J(θ) = E_ξ [ CE( f(x_cal; θ, ξ, t_target), y_cal ) ],
+
+the mean cross-entropy of the calibration set (``calibration_images`` training images and
+labels) through the network whose every product runs on the tile model below, with the
+device noise ξ drawn from the PCM statistical model at the deployment time ``t_target``
+(default 1 day). Each iteration draws fresh devices (a Monte-Carlo estimate of E_ξ, i.e.
+stochastic gradient descent, Adam on θ); the returned θ is the best of the start and the
+checkpoints on a fixed set of ``eval_draws`` draws, so the optimised ranges never score worse
+than the starting ones on that estimate of J.
+
+Tile model (normalised units, as in :mod:`scenarios.inference`):
+
+* DAC: x_q = Q_D(clip(a/r, −1, 1)), Q_D rounding to 2^(b−1) − 1 levels per sign, with a
+  straight-through estimator (∂Q/∂x = 1): ∂(r·x_q)/∂r = x_q − a/r inside the range and
+  sign(a) outside (the LSQ/PACT gradient of a learnable clipping range);
+* weights: u = clip(k·w/s, −1, 1) on a pair G⁺ = max(u, 0)·g_max, G⁻ = max(−u, 0)·g_max;
+* devices, reparameterised so that the gradient flows through the target g_T (Joshi et al.
+  2020, the equations of :mod:`physics.pcm`, the same draws ξ as its kernels for the same
+  seed and counters):
+  g_p = max(0, g_T + σ_prog(g_T)·ξ_p), ν = |μ_ν(g_T) + σ_ν(g_T)·ξ_ν|,
+  G(t) = g_p·(τ_eff/t0)^(−ν), g = max(0, G(t)·(1 + Q_s(g_T)·n(t)·ξ_r)),
+  n(t) = sqrt(ln((τ + t_read)/(2 t_read))); ∂g/∂g_T in closed form (:func:`device_read`);
+* ADC: c_q = Q_A(clip(Σ_i x_q,i·(g⁺ − g⁻)_i/g_max, ±c_fs)) with the chip's fixed full scale
+  c_fs = I_fs/(v_read·g_max), straight-through inside, zero gradient where it clips;
+* output y_j = α·r·Σ_{p→j} f_p·c_q,p with f_p = s_j·share_p/k_p; α is the tile's global
+  drift compensation (reference at t_calibrate over the value at t_target, both on the float
+  network's calibration rows, same device draws), re-estimated at every evaluation and held
+  constant in the gradient (stop-gradient), as the chip re-measures it.
+
+What PTO must know about the hardware: DAC and ADC bits, the ADC full scale, the device
+statistical model (programming noise, drift and 1/f read noise against conductance), the
+deployment time, the tile partitioning — and a small labelled calibration set; not the
+individual devices of the chip it is deployed on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imcsim.physics import pcm, rng
+from imcsim.scenarios import network
+from imcsim.scenarios.inference import Hardware, TileMap, with_ranges
+
+_G_R_FLOOR = 1e-7
+LOSSES = ("cross_entropy", "logit_mse")
+_EVAL_COUNTER0 = 1 << 32  # counters of the fixed evaluation draws (optimisation: 0, 1, ...)
+
+
+# --------------------------------------------------------------------------------------------
+# Device read-out with its derivative in the target conductance
+
+
+def device_read(g_target, xi_prog, xi_nu, xi_read, t: float, stat: pcm.StatisticalModel):
+    """Conductance read at ``t`` (s after programming at 0) of devices programmed to
+    ``g_target`` (S), and ∂g/∂g_T, for given standard-normal draws (Joshi et al. 2020 model,
+    equations in the module docstring and :mod:`physics.pcm`).
+
+    With ξ from ``rng.normals(seed, STREAM_PROG | STREAM_NU | STREAM_READ, ...)`` at the
+    counters the kernels use, g equals ``pcm.program_statistical`` → ``draw_drift_state`` →
+    ``read_drifted`` to rounding (tested). Kinks (clips of the fits, g floored at 0, |·| of
+    ν) take the derivative of the branch in use.
+    """
+    if stat.kind != "joshi2020":
+        raise ValueError("PTO's differentiable device model implements the joshi2020 model")
+    g_t = np.asarray(g_target, dtype=np.float64)
+    g_max = stat.g_max
+    g_r = g_t / g_max
+    coeff = np.asarray(stat.prog_coeff)
+    poly = np.zeros_like(g_r)
+    dpoly = np.zeros_like(g_r)
+    for k in range(coeff.size - 1, -1, -1):
+        dpoly = dpoly * g_r + poly
+        poly = poly * g_r + coeff[k]
+    sigma_p = stat.prog_noise_scale * np.maximum(poly, 0.0) * g_max / stat.prog_coeff_g_ref
+    dsigma_p = stat.prog_noise_scale * (poly > 0) * dpoly / stat.prog_coeff_g_ref
+    g_p_raw = g_t + sigma_p * xi_prog
+    on = g_p_raw > 0
+    g_p = np.where(on, g_p_raw, 0.0)
+    dg_p = on * (1.0 + dsigma_p * xi_prog)
+
+    floored = g_r > _G_R_FLOOR
+    ln_g = np.log(np.maximum(g_r, _G_R_FLOOR))
+    dln = np.where(floored, 1.0 / np.where(floored, g_t, 1.0), 0.0)
+    mu_raw = -0.0155 * ln_g + 0.0244
+    mu = np.clip(mu_raw, 0.049, 0.1)
+    dmu = -0.0155 * dln * ((mu_raw > 0.049) & (mu_raw < 0.1))
+    sd_raw = -0.0125 * ln_g - 0.0059
+    sd = np.clip(sd_raw, 0.008, 0.045)
+    dsd = -0.0125 * dln * ((sd_raw > 0.008) & (sd_raw < 0.045))
+    m = mu + sd * xi_nu
+    nu = stat.drift_scale * np.abs(m)
+    dnu = stat.drift_scale * np.sign(m) * (dmu + dsd * xi_nu)
+
+    tau = float(t)
+    if stat.shifted:
+        log_drift = np.log((tau + stat.t0) / stat.t0)
+        arg = (tau + stat.t0 + stat.t_read) / (2.0 * stat.t_read)
+    else:
+        log_drift = np.log(max(tau, stat.t0) / stat.t0)
+        arg = (tau + stat.t_read) / (2.0 * stat.t_read)
+    growth = np.sqrt(np.log(arg)) if arg > 1.0 else 0.0
+    decay = np.exp(-nu * log_drift)
+    g_d = g_p * decay
+    dg_d = dg_p * decay - g_p * log_drift * decay * dnu
+
+    root = g_r ** 0.65
+    q_raw = 0.0088 / np.maximum(root, 1e-3)
+    q_s = np.minimum(q_raw, 0.2)
+    live = (root > 1e-3) & (q_raw < 0.2)
+    dq = np.where(live, -0.65 * q_raw / np.where(g_t > 0, g_t, 1.0), 0.0)
+    noise = stat.read_noise_scale * growth * xi_read
+    g_raw = g_d * (1.0 + q_s * noise)
+    keep = g_raw > 0
+    g = np.where(keep, g_raw, 0.0)
+    dg = keep * (dg_d * (1.0 + q_s * noise) + g_d * noise * dq)
+    return g, dg
+
+
+@dataclass
+class TileDraws:
+    """Standard-normal draws of one tile's 2·rows·P devices: programming, drift exponent,
+    1/f read at t_calibrate and at the target time."""
+
+    prog: np.ndarray
+    nu: np.ndarray
+    read_calibrate: np.ndarray
+    read_target: np.ndarray
+
+
+def draw_tiles(tiles: list[TileMap], seed: int, counter: int) -> list[TileDraws]:
+    """One device instance per tile (tile k keyed by ``network.tile_seed(seed, k)``), drawn
+    at ``counter`` of the PROG and NU streams and 2·counter, 2·counter + 1 of READ."""
+    out = []
+    for index, tile in enumerate(tiles):
+        s = network.tile_seed(seed, index)
+        n = 2 * tile.weights.size
+        out.append(TileDraws(rng.normals(s, rng.STREAM_PROG, (n,), counter),
+                             rng.normals(s, rng.STREAM_NU, (n,), counter),
+                             rng.normals(s, rng.STREAM_READ, (n,), 2 * counter),
+                             rng.normals(s, rng.STREAM_READ, (n,), 2 * counter + 1)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Differentiable tile and network
+
+
+def _quantise(x, bits: int):
+    if bits <= 0:
+        return x
+    levels = 2 ** (bits - 1) - 1
+    return np.round(x * levels) / levels
+
+
+def _read_weights(tile: TileMap, scale, draws: TileDraws, t: float, read_xi, stat):
+    """Normalised read-out ũ = (g⁺ − g⁻)/g_max, its derivative in u, u and the mask of
+    unclipped weights."""
+    v = tile.weights * (tile.gain / scale[tile.column])
+    u = np.clip(v, -1.0, 1.0)
+    n = u.size
+    g_t = np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * stat.g_max
+    g, dg = device_read(g_t, draws.prog, draws.nu, read_xi, t, stat)
+    u_read = ((g[:n] - g[n:]) / stat.g_max).reshape(u.shape)
+    du = np.where(u >= 0, dg[:n].reshape(u.shape), dg[n:].reshape(u.shape))
+    return u_read, du, v, np.abs(v) < 1.0
+
+
+def _tile_forward(tile: TileMap, scale, r, rows, u_read, hw: Hardware):
+    a = rows[:, tile.row0:tile.row0 + tile.rows]
+    x_q = _quantise(np.clip(a / r, -1.0, 1.0), hw.periphery.dac_bits)
+    c = x_q @ u_read
+    c_fs = hw.adc_range
+    c_q = _quantise(np.clip(c / c_fs, -1.0, 1.0), hw.periphery.adc_bits) * c_fs
+    return a, x_q, c, c_q, r * tile.combine(c_q, scale)
+
+
+def _level(tile, scale, r, rows, u_read, hw) -> float:
+    return float(np.mean(np.abs(_tile_forward(tile, scale, r, rows, u_read, hw)[4])))
+
+
+@dataclass
+class Objective:
+    """J and its gradient in θ = (ln s per tile, ln r per tile) for one set of draws."""
+
+    loss: float
+    grad_log_scale: list = field(default_factory=list)
+    grad_log_range: list = field(default_factory=list)
+    alphas: list = field(default_factory=list)
+
+
+def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, draws,
+              t_target: float, scales=None, ranges=None, alphas=None, grad: bool = True,
+              target_logits=None) -> Objective:
+    """Cross-entropy of (x, y) through the tile model with ``draws`` (one per tile) and, with
+    ``grad``, its gradient in ln s and ln r. With ``target_logits`` (the float network's
+    logits of x) the loss is instead ½·mean_b Σ_c (z_bc − z_float,bc)², the output error
+    against the float network. ``scales`` / ``ranges`` default to the tiles' own; ``alphas``
+    (drift compensation per tile) are computed from the draws unless given (the gradient
+    treats them as constants either way)."""
+    stat = hw.stat
+    scales = [t.scale for t in tiles] if scales is None else scales
+    ranges = [t.input_range for t in tiles] if ranges is None else ranges
+    reads = [_read_weights(t, s, d, t_target, d.read_target, stat)
+             for t, s, d in zip(tiles, scales, draws)]
+    if alphas is None:
+        alphas = []
+        for tile, s, r, d, rd in zip(tiles, scales, ranges, draws, reads):
+            cal_rows = rows_calibration[tile.layer]
+            u_cal = _read_weights(tile, s, d, hw.t_calibrate, d.read_calibrate, stat)[0]
+            level = _level(tile, s, r, cal_rows, rd[0], hw)
+            reference = _level(tile, s, r, cal_rows, u_cal, hw)
+            alphas.append(reference / level if level > 0 else 1.0)
+    h = np.asarray(x, dtype=np.float64)
+    saved, caches = [], []
+    for k, (layer, w, b) in enumerate(zip(net.layers, net.weights, net.biases)):
+        rows = layer.pre(h)
+        z = np.zeros((rows.shape[0], w.shape[1]))
+        for i, tile in enumerate(tiles):
+            if tile.layer != k:
+                continue
+            a, x_q, c, c_q, out = _tile_forward(tile, scales[i], ranges[i], rows, reads[i][0],
+                                                hw)
+            out = alphas[i] * out
+            z[:, tile.col0:tile.col0 + tile.n_cols] += out
+            saved.append((i, a, x_q, c, c_q, out))
+        h, cache = layer.post(z + b)
+        caches.append(cache)
+    n = h.shape[0]
+    if target_logits is None:
+        logits = h - h.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        loss = float(-np.mean(np.log(p[np.arange(n), y] + 1e-300)))
+        dz = p
+        dz[np.arange(n), y] -= 1.0
+        dz /= n
+    else:
+        error = h - target_logits
+        loss = 0.5 * float(np.sum(error * error)) / n
+        dz = error / n
+    result = Objective(loss, alphas=list(alphas))
+    if not grad:
+        return result
+    g_scale = [np.zeros_like(s) for s in scales]
+    g_range = [0.0] * len(tiles)
+    by_layer = {}
+    for entry in saved:
+        by_layer.setdefault(tiles[entry[0]].layer, []).append(entry)
+    for k in range(len(net.layers) - 1, -1, -1):
+        d_rows = None
+        for i, a, x_q, c, c_q, out in by_layer.get(k, []):
+            tile, s, r, alpha = tiles[i], scales[i], ranges[i], alphas[i]
+            u_read, du, v, inside_w = reads[i]
+            gy = dz[:, tile.col0:tile.col0 + tile.n_cols]
+            gy_p = gy[:, tile.column]
+            g_range[i] += float(np.sum(gy * out)) / r
+            share = tile.share / tile.gain
+            g_factor = alpha * r * np.sum(gy_p * c_q, axis=0)
+            np.add.at(g_scale[i], tile.column, g_factor * share)
+            factor = tile.factors(s)
+            g_c = alpha * r * gy_p * factor * (np.abs(c) < hw.adc_range)
+            g_u = (x_q.T @ g_c) * du * inside_w
+            np.add.at(g_scale[i], tile.column, np.sum(g_u * (-v / s[tile.column]), axis=0))
+            g_x = g_c @ u_read.T
+            inside_x = np.abs(a) < r
+            g_range[i] += float(np.sum(g_x * (-a / r ** 2) * inside_x))
+            if k > 0:
+                if d_rows is None:
+                    d_rows = np.zeros((a.shape[0], net.weights[k].shape[0]))
+                d_rows[:, tile.row0:tile.row0 + tile.rows] += g_x * inside_x / r
+        if k > 0:
+            # layers after the first are dense (their pre is the identity)
+            dz = net.layers[k - 1].post_backward(d_rows, caches[k - 1])
+    result.grad_log_scale = [g * s for g, s in zip(g_scale, scales)]
+    result.grad_log_range = [g * r for g, r in zip(g_range, ranges)]
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser
+
+
+@dataclass(frozen=True)
+class PTOSettings:
+    """Adam on θ = (ln s, ln r): ``iterations`` of fresh device draws at ``lr``; checkpoint
+    every ``check_every`` iterations on ``eval_draws`` fixed draws; ``t_target`` (s) the
+    deployment time whose noise the objective uses; ``loss`` "cross_entropy" (labels) or
+    "logit_mse" (output error against the float network)."""
+
+    iterations: int = 150
+    lr: float = 0.03
+    t_target: float = 86400.0
+    eval_draws: int = 4
+    check_every: int = 25
+    loss: str = "cross_entropy"
+
+
+@dataclass
+class PTOResult:
+    tiles: list
+    loss_start: float  # J on the evaluation draws at the starting ranges
+    loss_best: float  # ... at the returned ranges
+    loss_history: list  # per iteration, on that iteration's draws
+    checkpoints: list  # (iteration, J on the evaluation draws)
+
+
+def evaluation_loss(net, tiles, hw, x, y, rows_calibration, eval_draws, t_target,
+                    scales=None, ranges=None, target_logits=None) -> float:
+    return float(np.mean([objective(net, tiles, hw, x, y, rows_calibration, d, t_target,
+                                    scales, ranges, grad=False,
+                                    target_logits=target_logits).loss for d in eval_draws]))
+
+
+def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibration,
+             settings: PTOSettings, seed: int) -> PTOResult:
+    """Optimise every tile's column scales and DAC range from their current values (module
+    docstring); device draws keyed by ``seed`` (not by any chip the result is evaluated on)."""
+    if settings.loss not in LOSSES:
+        raise ValueError(f"PTO loss must be one of {LOSSES}, got {settings.loss!r}")
+    target = None
+    if settings.loss == "logit_mse":
+        from imcsim.scenarios.inference import layer_forward
+
+        target = layer_forward(net, x_cal)
+    log_s = [np.log(t.scale) for t in tiles]
+    log_r = [np.log(t.input_range) for t in tiles]
+    eval_draws = [draw_tiles(tiles, seed, _EVAL_COUNTER0 + m) for m in range(settings.eval_draws)]
+
+    def score(ls, lr_):
+        return evaluation_loss(net, tiles, hw, x_cal, y_cal, rows_calibration, eval_draws,
+                               settings.t_target, [np.exp(v) for v in ls],
+                               [float(np.exp(v)) for v in lr_], target)
+
+    start = best = score(log_s, log_r)
+    best_params = ([v.copy() for v in log_s], list(log_r))
+    checkpoints = [(0, start)]
+    history = []
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    m_s = [np.zeros_like(v) for v in log_s]
+    v_s = [np.zeros_like(v) for v in log_s]
+    m_r = np.zeros(len(tiles))
+    v_r = np.zeros(len(tiles))
+    for it in range(1, settings.iterations + 1):
+        draws = draw_tiles(tiles, seed, it)
+        obj = objective(net, tiles, hw, x_cal, y_cal, rows_calibration, draws,
+                        settings.t_target, [np.exp(v) for v in log_s],
+                        [float(np.exp(v)) for v in log_r], target_logits=target)
+        history.append(obj.loss)
+        c1, c2 = 1.0 - beta1 ** it, 1.0 - beta2 ** it
+        for i in range(len(tiles)):
+            g = obj.grad_log_scale[i]
+            m_s[i] = beta1 * m_s[i] + (1 - beta1) * g
+            v_s[i] = beta2 * v_s[i] + (1 - beta2) * g * g
+            log_s[i] = log_s[i] - settings.lr * (m_s[i] / c1) / (np.sqrt(v_s[i] / c2) + eps)
+            gr = obj.grad_log_range[i]
+            m_r[i] = beta1 * m_r[i] + (1 - beta1) * gr
+            v_r[i] = beta2 * v_r[i] + (1 - beta2) * gr * gr
+            log_r[i] = log_r[i] - settings.lr * (m_r[i] / c1) / (np.sqrt(v_r[i] / c2) + eps)
+        if it % settings.check_every == 0 or it == settings.iterations:
+            value = score(log_s, log_r)
+            checkpoints.append((it, value))
+            if value < best:
+                best = value
+                best_params = ([v.copy() for v in log_s], list(log_r))
+    chosen = with_ranges(tiles, [np.exp(v) for v in best_params[0]],
+                         [float(np.exp(v)) for v in best_params[1]])
+    return PTOResult(chosen, start, best, history, checkpoints)
+

@@ -1,0 +1,225 @@
+"""Inference harness: networks on PCM tiles, the fixed-point, two-pair and AFP mappings, drift
+compensation, the study run, its table and figure, and its determinism."""
+
+import dataclasses
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from imcsim.cli import main
+from imcsim.config import parse_scenario
+from imcsim.errors import InputError
+from imcsim.physics import crossbar, pcm
+from imcsim.runner import run_scenario
+from imcsim.scenarios import inference
+from imcsim.scenarios.mixed_precision import lenet_layers, mlp_layers
+from imcsim.store import Trace
+
+NOISELESS = pcm.StatisticalModel(prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0)
+IDEAL = crossbar.Periphery(dac_bits=0, adc_bits=0, adc_full_scale=1.0)
+
+
+def random_net(architecture: str, seed: int = 0):
+    """He-initialised weights and random biases: exactness tests need no training."""
+    layers = (mlp_layers([64, 24, 10]) if architecture == "mlp"
+              else lenet_layers(8, 4, 16, 10))
+    gen = np.random.default_rng(seed)
+    weights = [gen.standard_normal(layer.shape) * np.sqrt(2.0 / layer.shape[0])
+               for layer in layers]
+    biases = [0.1 * gen.standard_normal(layer.shape[1]) for layer in layers]
+    return SimpleNamespace(layers=layers, weights=weights, biases=biases,
+                           architecture=architecture)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).uniform(0.0, 1.0, (40, 64))
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", inference.MAPPINGS)
+def test_noise_free_unquantised_tiles_reproduce_the_float_network(architecture, kind, images):
+    """No device noise, ideal DAC/ADC, small tiles (layers split over several): the analog
+    forward pass equals the float one to rounding, for every mapping."""
+    net = random_net(architecture)
+    hw = inference.Hardware(stat=NOISELESS, periphery=IDEAL, tile_rows=20, tile_cols=8)
+    rows = inference.layer_rows(net, images)
+    tiles = inference.map_network(net, hw, rows, kind)
+    assert len(tiles) > len(net.weights)
+    chips = inference.deploy(tiles, hw, 3, rows)
+    for t in (1.0, 3.1536e7):
+        logits = inference.layer_forward(net, images, inference.chip_hook(chips, hw, t, 5, rows))
+        np.testing.assert_allclose(logits, inference.layer_forward(net, images),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", inference.MAPPINGS)
+def test_mappings_reproduce_the_float_mvm_and_afp_splits_by_magnitude(kind):
+    gen = np.random.default_rng(2)
+    w = gen.standard_normal((30, 6)) * np.exp(gen.uniform(-3, 0, (30, 6)))  # wide magnitudes
+    net = SimpleNamespace(layers=mlp_layers([30, 6]), weights=[w], biases=[np.zeros(6)])
+    x = gen.uniform(-1, 1, (12, 30))
+    hw = inference.Hardware(stat=NOISELESS, periphery=IDEAL)
+    tile, = inference.map_network(net, hw, [x], kind, gain=4.0)
+    chip, = inference.program([tile], NOISELESS, 5)
+    gp, gm = inference.read(chip, NOISELESS, 10.0, 1)
+    np.testing.assert_allclose(inference.tile_output(tile, gp, gm, x, hw), x @ w, rtol=1e-12,
+                               atol=1e-13)
+    u = tile.targets()
+    assert np.all(np.abs(u) <= 1.0)
+    if kind == "afp":
+        small = np.abs(w) < np.max(np.abs(w), axis=0) / 4.0
+        assert 0 < small.sum() < w.size
+        # small weights sit in the gain-4 column at 4x the conductance a fixed mapping gives
+        np.testing.assert_allclose(u[:, 6:][small], 4.0 * (w / np.max(np.abs(w), axis=0))[small])
+        assert np.all(u[:, :6][small] == 0) and np.all(u[:, 6:][~small] == 0)
+        np.testing.assert_allclose(inference.afp_weight_scale(w, 4.0)[small],
+                                   np.broadcast_to(np.max(np.abs(w), axis=0) / 4, w.shape)[small])
+
+
+def test_drift_compensation_restores_the_output_scale():
+    """Drift only (no programming or read noise): after a year the raw outputs have shrunk by
+    the mean drift factor ≈ (t/t0)^(−ν̄); the global compensation removes that shrinkage, and
+    what is left is the spread of ν between devices, far below it."""
+    stat = pcm.StatisticalModel(prog_noise_scale=0.0, read_noise_scale=0.0)
+    net = random_net("mlp", 4)
+    x = np.random.default_rng(5).uniform(0, 1, (200, 64))
+    hw = inference.Hardware(stat=stat, periphery=IDEAL)
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    chips = inference.program(tiles, stat, 7)
+    inference.calibrate(chips, hw, rows)
+    t = 3.1536e7
+    ideal = rows[0] @ net.weights[0]
+    raw = inference.chip_hook(chips, hw, t, 3, None)(0, rows[0], net.weights[0])
+    compensated = inference.chip_hook(chips, hw, t, 3, rows)(0, rows[0], net.weights[0])
+    shrink = np.mean(np.abs(raw)) / np.mean(np.abs(ideal))
+    nu = chips[0].nu[chips[0].g_target > 0]
+    expected = np.mean((t / stat.t0) ** -nu)  # conductance-weighted means differ by ~ν spread
+    assert shrink == pytest.approx(expected, rel=0.1)
+    assert shrink < 0.6
+    err_raw = np.linalg.norm(raw - ideal) / np.linalg.norm(ideal)
+    err_gdc = np.linalg.norm(compensated - ideal) / np.linalg.norm(ideal)
+    assert np.mean(np.abs(compensated)) == pytest.approx(np.mean(np.abs(ideal)), rel=0.02)
+    assert err_gdc < 0.25 * err_raw
+
+
+def test_two_pairs_per_weight_halve_the_noise_variance():
+    """fixed2 averages two independently programmed pairs: the weight error falls by √2
+    (within the sampling error of ~5,000 weights)."""
+    stat = pcm.StatisticalModel(drift_scale=0.0, read_noise_scale=0.0)
+    net = random_net("mlp", 6)
+    x = np.random.default_rng(7).uniform(0, 1, (50, 64))
+    hw = inference.Hardware(stat=stat, periphery=IDEAL)
+    rows = inference.layer_rows(net, x)
+    errors = {}
+    for kind in ("fixed", "fixed2"):
+        tiles = inference.map_network(net, hw, rows, kind)
+        chips = inference.program(tiles, stat, 11)
+        reads = [inference.read(c, stat, 1.0, 1) for c in chips]
+        errors[kind] = inference.weight_error(net, chips, reads, [1.0] * len(chips), stat.g_max)
+    assert errors["fixed"] / errors["fixed2"] == pytest.approx(np.sqrt(2.0), rel=0.05)
+
+
+def test_percentile_range_is_below_maxabs_and_never_zero():
+    rows = np.concatenate([np.zeros(990), np.linspace(0, 1, 10)])[:, None]
+    assert inference.input_range_percentile(rows, 99.9) < inference.input_range_maxabs(rows)
+    assert inference.input_range_percentile(np.zeros((5, 1)), 50.0) == 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# The study
+
+
+TINY = """
+[run]
+name = "tiny_inference"
+seed = 3
+[periphery]
+dac_bits = 8
+adc_bits = 8
+adc_full_scale = 50e-6
+[inference]
+architectures = ["mlp", "cnn"]
+hidden = [8]
+channels = 2
+epochs = 2
+device_seeds = [1, 2]
+times = [1.0, 86400.0]
+calibration_images = 64
+pto = { iterations = 3, check_every = 2, eval_draws = 1 }
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_trace(tmp_path_factory):
+    out = tmp_path_factory.mktemp("inference") / "tiny.h5"
+    return run_scenario(parse_scenario(TINY), out)
+
+
+def test_study_writes_every_method_with_units_and_needs(tiny_trace):
+    from imcsim.analysis.inference import accuracy_table
+
+    with Trace(tiny_trace) as tr:
+        assert tr.status == "complete"
+        rows = accuracy_table(tr)
+        s = tr.series("accuracy_cnn_pto_sgd")
+        assert s.units == "1" and s.data.shape == (2, 2) and list(s.t) == [1.0, 86400.0]
+        ranges = tr.series("pto_mlp_pto_sgd_input_range").data
+        assert ranges.shape == (2, 2) and np.all(ranges > 0)
+        metrics = tr.metrics()
+        assert metrics["pto_mlp_pto_sgd_objective_best"][0] <= (
+            metrics["pto_mlp_pto_sgd_objective_start"][0])
+    assert len(rows) == 2 * len(inference.NEEDS)
+    assert all(r["needs"] and np.all((r["mean"] >= 0) & (r["mean"] <= 1)) for r in rows)
+
+
+def test_info_and_plot_show_the_table(tiny_trace, tmp_path):
+    result = CliRunner().invoke(main, ["info", str(tiny_trace)])
+    assert result.exit_code == 0, result.output
+    assert "pto_noise" in result.output and "1 d" in result.output and "±" in result.output
+    png = tmp_path / "inference.png"
+    result = CliRunner().invoke(main, ["plot", str(tiny_trace), "-o", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 10_000
+
+
+def test_one_and_two_threads_give_the_same_bytes(tiny_trace, tmp_path, read_datasets,
+                                                 restore_threads):
+    import numba
+
+    numba.set_num_threads(2 if numba.get_num_threads() == 1 else 1)
+    again = run_scenario(parse_scenario(TINY), tmp_path / "again.h5")
+    assert read_datasets(again) == read_datasets(tiny_trace)
+
+
+@pytest.mark.parametrize("change, field", [
+    ('methods = []', "methods"),
+    ('methods = ["float", "magic"]', "methods[1]"),
+    ('afp_gain = 1.0', "afp_gain"),
+    ('t_calibrate = -1.0', "t_calibrate"),
+    ('percentile = 0.0', "percentile"),
+])
+def test_bad_inference_tables_are_input_errors(change, field):
+    text = TINY.replace("[inference]\n", f"[inference]\n{change}\n")
+    with pytest.raises(InputError, match=re.escape(f"inference.{field}:")):
+        parse_scenario(text)
+
+
+def test_unsupported_hardware_is_an_input_error_before_any_file(tmp_path):
+    for text, field in ((TINY.replace("[periphery]\n", "[periphery]\nr_wire_row = 1.0\n"),
+                         "periphery.r_wire_row"),
+                        (TINY.replace("[run]", '[device]\nmodel = "hermes2023"\n[run]'),
+                         "device.model")):
+        out = tmp_path / "never.h5"
+        with pytest.raises(InputError, match=field):
+            run_scenario(parse_scenario(text), out)
+        assert not out.exists()
+
+
+def test_hardware_adc_range_is_in_rows_of_full_scale_current():
+    hw = inference.Hardware(periphery=dataclasses.replace(IDEAL, adc_full_scale=50e-6))
+    assert hw.adc_range == pytest.approx(10.0)  # 50 µA = 10 × 0.2 V × 25 µS
