@@ -476,11 +476,15 @@ def _target_conductance(w, weight_scale, g_max):
     return np.minimum(np.abs(w) / weight_scale, 1.0) * g_max
 
 
-def weight_sigma(w, weight_scale, noise: NoiseModel) -> np.ndarray:
+def weight_sigma(w, weight_scale, noise: NoiseModel, idle_scale=None) -> np.ndarray:
     """σ_i of every weight in weight units: σ_i = s_i·σ_g(|w_i|/s_i·g_max, t)/g_max.
 
     ``weight_scale`` s (the |w| mapped to g_max; |w| > s is clipped) broadcasts against
-    ``w``: per column, or per weight for analog floating point. σ_g is the standard
+    ``w``: per column, or per weight for analog floating point. ``idle_scale`` s'_i (same
+    broadcasting, optional) is the scale of a second pair that carries weight i's output but
+    holds target 0 for it — the other column of a two-column mapping such as analog floating
+    point — whose noise adds: σ_i² = (s_i·σ_g(|w_i|/s_i·g_max))²/g_max² +
+    (s'_i·σ_g(0))²/g_max². σ_g is the standard
     deviation of G⁺ − G⁻ at time t = ``noise.t_inference`` after one-shot programming of the
     Joshi et al. (2020) statistical model (physics/pcm.py, physics-reference sheet), each
     device independent:
@@ -504,17 +508,27 @@ def weight_sigma(w, weight_scale, noise: NoiseModel) -> np.ndarray:
     s = np.broadcast_to(np.asarray(weight_scale, dtype=np.float64), w.shape)
     g_max = noise.device.g_max
     grid, sigma, _ = _sigma_table(noise)
-    return s * _interp_uniform(_target_conductance(w, s, g_max), grid, sigma) / g_max
+    own = s * _interp_uniform(_target_conductance(w, s, g_max), grid, sigma) / g_max
+    if idle_scale is None:
+        return own
+    idle = np.asarray(idle_scale, dtype=np.float64) * (sigma[0] / g_max)
+    return np.sqrt(own * own + idle * idle)
 
 
-def weight_sigma_slope(w, weight_scale, noise: NoiseModel) -> np.ndarray:
-    """∂σ_i/∂w_i at fixed scale: sign(w)·dσ_g/dg (the s/g_max factors cancel), from central
-    differences of the tabulated σ_g; 0 where |w| ≥ s (clipped to g_max)."""
+def weight_sigma_slope(w, weight_scale, noise: NoiseModel, idle_scale=None) -> np.ndarray:
+    """∂σ_i/∂w_i at fixed scales: sign(w)·dσ_g/dg (the s/g_max factors cancel), from central
+    differences of the tabulated σ_g, times σ_own/σ_i with an idle pair; 0 where |w| ≥ s
+    (clipped to g_max)."""
     w = np.asarray(w, dtype=np.float64)
     s = np.broadcast_to(np.asarray(weight_scale, dtype=np.float64), w.shape)
     grid, _, slope = _sigma_table(noise)
     dsdg = _interp_uniform(_target_conductance(w, s, noise.device.g_max), grid, slope)
-    return np.sign(w) * np.where(np.abs(w) < s, dsdg, 0.0)
+    out = np.sign(w) * np.where(np.abs(w) < s, dsdg, 0.0)
+    if idle_scale is None:
+        return out
+    total = weight_sigma(w, s, noise, idle_scale)
+    own = weight_sigma(w, s, noise)
+    return out * np.divide(own, total, out=np.zeros_like(total), where=total > 0)
 
 
 def column_maxabs_scale(w) -> np.ndarray:
@@ -524,13 +538,21 @@ def column_maxabs_scale(w) -> np.ndarray:
     return np.where(s > 0.0, s, 1.0)
 
 
-def _scales(weight_scale, weights):
+def _scales(weight_scale, weights) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(scale, idle scale or None) of every layer: "maxabs", or ``callable(layer, W)``
+    returning a scale or a pair (scale, idle_scale) (see :func:`weight_sigma`)."""
     if isinstance(weight_scale, str):
         if weight_scale != "maxabs":
             raise ValueError(f"weight_scale must be 'maxabs' or a callable, got "
                              f"{weight_scale!r}")
-        return [column_maxabs_scale(w) for w in weights]
-    return [np.asarray(weight_scale(k, w), dtype=np.float64) for k, w in enumerate(weights)]
+        return [(column_maxabs_scale(w), None) for w in weights]
+    out = []
+    for k, w in enumerate(weights):
+        value = weight_scale(k, w)
+        scale, idle = value if isinstance(value, tuple) else (value, None)
+        out.append((np.asarray(scale, dtype=np.float64),
+                    None if idle is None else np.asarray(idle, dtype=np.float64)))
+    return out
 
 
 def noisy_accuracy(net: Net, x, y, noise: NoiseModel, *, draws: int = 20, seed: int = 0,
@@ -539,8 +561,8 @@ def noisy_accuracy(net: Net, x, y, noise: NoiseModel, *, draws: int = 20, seed: 
     what the weight-unit noise model alone predicts, without DAC/ADC, drift bias or
     compensation error (those are the tile harness's, scenarios/inference.py)."""
     gen = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_NOISE]))
-    sigma = [weight_sigma(w, s, noise) for w, s in zip(net.weights,
-                                                       _scales(weight_scale, net.weights))]
+    sigma = [weight_sigma(w, s, noise, idle)
+             for w, (s, idle) in zip(net.weights, _scales(weight_scale, net.weights))]
     out = np.empty(draws)
     for d in range(draws):
         noisy = net.copy()
@@ -635,7 +657,9 @@ def train(net: Net, data: digits.DataSplit, *, method: str = "sgd", epochs: int 
     ``penalty_weight``·½ Σ σ_i² H_ii; ``penalty_mode`` "full" or "frozen", ``hessian``
     "hutchinson" (``probes`` per step) or "gauss_newton" for the frozen mode). ``weight_scale``
     is "maxabs" (per-column max |w| of the current weights) or ``callable(layer, W) -> s``
-    broadcastable to W (e.g. per-weight scales of analog floating point). Biases are digital:
+    broadcastable to W (e.g. per-weight scales of analog floating point), or a pair
+    ``(s, idle_s)`` whose second member adds the noise of an idle zero-target pair
+    (:func:`weight_sigma`). Biases are digital:
     no noise, no penalty. Deterministic in ``seed``; BLAS on one thread.
     """
     from threadpoolctl import threadpool_limits
@@ -683,16 +707,18 @@ def _train(net, data, method, epochs, lr, batch, seed, noise, weight_scale, hess
             if method == "noise":
                 gen = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_NOISE, step]))
                 scales = _scales(weight_scale, net.weights)
-                noisy = [w + weight_sigma(w, s, noise) * gen.standard_normal(w.shape)
-                         for w, s in zip(net.weights, scales)]
+                noisy = [w + weight_sigma(w, s, noise, idle) * gen.standard_normal(w.shape)
+                         for w, (s, idle) in zip(net.weights, scales)]
                 value, gw, gb = loss_and_grad(net, x, y, noisy)
             else:
                 value, gw, gb = loss_and_grad(net, x, y)
             if method == "hasgd":
                 gen = np.random.default_rng(np.random.SeedSequence([seed, _STREAM_PROBE, step]))
                 scales = _scales(weight_scale, net.weights)
-                sigma = [weight_sigma(w, s, noise) for w, s in zip(net.weights, scales)]
-                slope = [weight_sigma_slope(w, s, noise) for w, s in zip(net.weights, scales)]
+                sigma = [weight_sigma(w, s, noise, idle)
+                         for w, (s, idle) in zip(net.weights, scales)]
+                slope = [weight_sigma_slope(w, s, noise, idle)
+                         for w, (s, idle) in zip(net.weights, scales)]
                 pen, gp = penalty_gradient(net, x, y, sigma, slope, mode=penalty_mode,
                                            hessian=hessian, probes=probes, fd_step=fd_step,
                                            gen=gen)

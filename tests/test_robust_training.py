@@ -365,6 +365,15 @@ def test_per_weight_scales_give_each_weight_its_own_sigma():
     expected = s * rt.conductance_sigma(np.abs(w) / s * 25e-6, noise) / 25e-6
     assert np.allclose(rt.weight_sigma(w, s, noise), expected, rtol=5e-4)
     assert rt.weight_sigma(w, s, noise)[0, 1] < rt.weight_sigma(w, 1.0, noise)[0, 1]
+    # the idle zero-target pair of the other column adds its variance, and the slope of the
+    # total is the finite difference of the total
+    idle = np.array([[0.25, 1.0], [1.0, 0.25]])
+    zero = rt.conductance_sigma(np.zeros(1), noise)[0] / 25e-6
+    assert np.allclose(rt.weight_sigma(w, s, noise, idle),
+                       np.sqrt(expected**2 + (idle * zero) ** 2), rtol=5e-4)
+    h = 1e-5
+    fd = (rt.weight_sigma(w + h, s, noise, idle) - rt.weight_sigma(w - h, s, noise, idle)) / (2 * h)
+    assert np.allclose(rt.weight_sigma_slope(w, s, noise, idle), fd, rtol=1e-3)
 
 
 def test_bench_hasgd_quick_runs():
