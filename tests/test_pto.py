@@ -1,0 +1,146 @@
+"""PTO: the differentiable device model against the PCM kernels, the range gradients against
+finite differences, and the optimiser's guarantee and effect."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from imcsim.physics import crossbar, pcm, rng
+from imcsim.scenarios import inference, pto
+from imcsim.scenarios.mixed_precision import lenet_layers, mlp_layers
+
+
+def small_net(architecture: str, seed: int = 0):
+    layers = mlp_layers([64, 12, 10]) if architecture == "mlp" else lenet_layers(8, 3, 10, 10)
+    gen = np.random.default_rng(seed)
+    weights = [gen.standard_normal(layer.shape) * np.sqrt(2.0 / layer.shape[0])
+               for layer in layers]
+    biases = [0.1 * gen.standard_normal(layer.shape[1]) for layer in layers]
+    return SimpleNamespace(layers=layers, weights=weights, biases=biases)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    gen = np.random.default_rng(3)
+    return gen.uniform(0, 1, (32, 64)), gen.integers(0, 10, 32)
+
+
+@pytest.mark.parametrize("t", [1.0, 86400.0, 3.1536e7])
+@pytest.mark.parametrize("drift_time", ["clamped", "shifted"])
+def test_device_model_is_the_kernels_with_the_same_draws(t, drift_time):
+    """With the normals of the kernels' streams and counters, PTO's numpy model reads the
+    same conductances as program_statistical -> draw_drift_state -> read_drifted."""
+    stat = pcm.StatisticalModel(drift_time=drift_time)
+    seed, n = 123, 4000
+    g_t = np.concatenate([np.zeros(100), np.linspace(0, 1, n - 100) ** 2]) * stat.g_max
+    g_p, nu, q_s = np.empty(n), np.empty(n), np.empty(n)
+    pcm.program_statistical(g_t, g_p, stat.g_max, np.asarray(stat.prog_coeff),
+                            stat.prog_coeff_g_ref, 1.0, np.uint64(seed), np.uint64(0))
+    pcm.draw_drift_state(g_t, g_t, stat.g_max, 0, 1.0, np.uint64(seed), np.uint64(0), nu, q_s)
+    kernel = np.empty((1, n))
+    pcm.read_drifted(g_p, np.zeros(n), nu, q_s, np.array([t]), np.array([9], dtype=np.uint64),
+                     stat.t0, stat.t_read, stat.shifted, 1.0, np.uint64(seed), kernel)
+    g, _ = pto.device_read(g_t, rng.normals(seed, rng.STREAM_PROG, (n,), 0),
+                           rng.normals(seed, rng.STREAM_NU, (n,), 0),
+                           rng.normals(seed, rng.STREAM_READ, (n,), 9), t, stat)
+    np.testing.assert_allclose(g, kernel[0], rtol=1e-12, atol=1e-12 * stat.g_max)
+
+
+def test_device_derivative_matches_finite_differences():
+    stat = pcm.JOSHI_2020
+    gen = np.random.default_rng(4)
+    g_t = gen.uniform(0.002, 1.0, 400) * stat.g_max
+    xi = gen.standard_normal((3, 400))
+    h = 1e-7 * stat.g_max
+
+    def read(g):
+        return pto.device_read(g, *xi, 86400.0, stat)
+
+    fd = (read(g_t + h)[0] - read(g_t - h)[0]) / (2 * h)
+    np.testing.assert_allclose(read(g_t)[1], fd, rtol=1e-5, atol=1e-7)
+    assert np.ptp(read(g_t)[1]) > 0.1  # not a constant: programming noise grows with g_T
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["fixed", "afp"])
+@pytest.mark.parametrize("loss", pto.LOSSES)
+def test_range_gradients_match_finite_differences(architecture, kind, loss, batch):
+    """∂J/∂ln s and ∂J/∂ln r of the objective with the device draws and the drift
+    compensation held fixed, unquantised periphery (where the straight-through estimator is
+    the derivative), ranges moved off the max-abs values so no weight sits on a clip edge.
+    Layers are cut into several tiles; the CNN's gradient crosses pooling and ReLU."""
+    x, y = batch
+    net = small_net(architecture)
+    hw = inference.Hardware(periphery=crossbar.Periphery(dac_bits=0, adc_bits=0,
+                                                         adc_full_scale=2 * 0.2 * 25e-6),
+                            tile_rows=40, tile_cols=8)
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, kind)
+    tiles = inference.with_ranges(tiles, [t.scale * 0.83 for t in tiles],
+                                  [t.input_range * 0.71 for t in tiles])
+    draws = pto.draw_tiles(tiles, 5, 1)
+    target = inference.layer_forward(net, x) if loss == "logit_mse" else None
+    obj = pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0, target_logits=target)
+    log_s = [np.log(t.scale) for t in tiles]
+    log_r = [np.log(t.input_range) for t in tiles]
+
+    def value(ls, lr):
+        return pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0,
+                             [np.exp(v) for v in ls], [float(np.exp(v)) for v in lr],
+                             alphas=obj.alphas, grad=False, target_logits=target).loss
+
+    h = 1e-6
+    pairs = []
+    for i in range(len(tiles)):
+        for j in range(0, log_s[i].size, 3):
+            up = [v.copy() for v in log_s]
+            down = [v.copy() for v in log_s]
+            up[i][j] += h
+            down[i][j] -= h
+            pairs.append(((value(up, log_r) - value(down, log_r)) / (2 * h),
+                          obj.grad_log_scale[i][j]))
+        up, down = list(log_r), list(log_r)
+        up[i] += h
+        down[i] -= h
+        pairs.append(((value(log_s, up) - value(log_s, down)) / (2 * h), obj.grad_log_range[i]))
+    fd, analytic = np.array(pairs).T
+    scale = np.max(np.abs(fd))
+    assert scale > 0
+    np.testing.assert_allclose(analytic, fd, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_pto_never_ends_worse_and_fixes_a_bad_dac_range(batch):
+    """Started from DAC ranges 8x too wide (most of the 8-bit DAC's levels unused), PTO
+    lowers the objective on its fixed evaluation draws and narrows the ranges; the returned
+    ranges never score worse than the start."""
+    x, y = batch
+    net = small_net("mlp", 1)
+    hw = inference.Hardware()
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    wide = inference.with_ranges(tiles, [t.scale for t in tiles],
+                                 [8 * t.input_range for t in tiles])
+    settings = pto.PTOSettings(iterations=40, lr=0.05, eval_draws=2, check_every=10)
+    result = pto.optimise(net, wide, hw, x, y, rows, settings, seed=99)
+    assert result.loss_best <= result.loss_start
+    assert result.loss_best < 0.9 * result.loss_start
+    assert all(a.input_range < b.input_range for a, b in zip(result.tiles, wide))
+    # already-good ranges with a zero learning rate: returns the start exactly
+    still = pto.optimise(net, tiles, hw, x, y, rows,
+                         dataclasses.replace(settings, iterations=4, lr=1e-300), seed=99)
+    assert still.loss_best == still.loss_start
+
+
+def test_bad_settings_are_rejected(batch):
+    x, y = batch
+    net = small_net("mlp")
+    hw = inference.Hardware()
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    with pytest.raises(ValueError, match="loss"):
+        pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(loss="mae"), seed=1)
+    with pytest.raises(ValueError, match="joshi2020"):
+        pto.device_read(np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3), 1.0,
+                        pcm.HERMES_2023)
