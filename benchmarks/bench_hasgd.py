@@ -24,7 +24,9 @@ timing helpers are imported from ``bench_pcm.py`` next to it)::
    why the numbers are what they are: the median σ_i/|w_i| over weights, and the
    loss increase the noise is expected to cause, ½ Σ σ_i² H_ii (exact Gauss-Newton diagonal =
    the exact Hessian diagonal of these ReLU networks, on the whole training set), against the
-   training loss.
+   training loss; the median |w|/s and the share of weights below s/4 (the ones analog
+   floating point would map with a 4x gain).
+3. **σ_i/s against |w_i|/s** at 1 s, 1 h, 1 day and 1 year (no training involved).
 
 ``--quick`` (smoke test): section 1 as is, section 2 on seed 0 with 3 epochs.
 """
@@ -73,6 +75,14 @@ VARIANTS = (
 )
 ACCURACY_VARIANTS = ("sgd", "noise", "hasgd_full_k1", "hasgd_frozen_gn")
 TRAIN = dict(lr=0.05, batch=32)  # as scenarios/inference_robustness.toml
+SIGMA_TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 year": 3.1536e7}
+SIGMA_LEVELS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def sigma_table() -> list[list[float]]:
+    """σ_i/s at each |w|/s level (rows) and time (columns)."""
+    return [[float(rt.weight_sigma(np.array([u]), 1.0, rt.NoiseModel(t_inference=t))[0])
+             for t in SIGMA_TIMES.values()] for u in SIGMA_LEVELS]
 
 
 def bench_epochs(b: Bench, data, noise) -> None:
@@ -97,7 +107,7 @@ def accuracy_table(data_seeds, epochs, noise, log) -> list[dict]:
     for arch in ARCHITECTURES:
         for key in ACCURACY_VARIANTS:
             kw = dict(next(v[2] for v in VARIANTS if v[0] == key))
-            clean, noisy, rel, expected, train_loss = [], [], [], [], []
+            clean, noisy, rel, expected, train_loss, w_rel, small = [], [], [], [], [], [], []
             for seed in data_seeds:
                 log(f"accuracy {arch} {key} seed {seed}")
                 data = digits.load_digits_split(seed)
@@ -113,11 +123,16 @@ def accuracy_table(data_seeds, epochs, noise, log) -> list[dict]:
                 s_all = np.concatenate([s.ravel() for s in sigma])
                 nonzero = np.abs(w_all) > 0
                 rel.append(float(np.median(s_all[nonzero] / np.abs(w_all[nonzero]))))
+                u = np.concatenate([(np.abs(w) / rt.column_maxabs_scale(w)).ravel()
+                                    for w in net.weights])
+                w_rel.append(float(np.median(u)))
+                small.append(float(np.mean(u < 0.25)))
                 diag = rt.gauss_newton_diagonal(net, data.x_train, data.y_train)
                 expected.append(0.5 * float(sum(np.sum(s * s * d) for s, d in zip(sigma, diag))))
                 train_loss.append(rt.loss(net, data.x_train, data.y_train))
             out.append(dict(arch=arch, variant=key, seeds=list(data_seeds), clean=clean,
                             noisy=noisy, median_rel_sigma=rel, expected_loss_increase=expected,
+                            median_w_over_s=w_rel, share_below_quarter=small,
                             train_loss=train_loss))
     return out
 
@@ -155,6 +170,17 @@ def format_result(result: dict) -> str:
                      f"{_ms(a['median_rel_sigma'], 1.0, 3):>13} "
                      f"{_ms(a['expected_loss_increase'], 1.0, 4):>16} "
                      f"{_ms(a['train_loss'], 1.0, 4):>16}")
+    lines += ["", "   weights of the trained networks, relative to their column's max |w| (s): "
+              "median |w|/s, share with |w| < s/4 (mean ± std over seeds)"]
+    for a in acc:
+        lines.append(f"  {a['arch']:<5} {labels[a['variant']]:<34} "
+                     f"{_ms(a['median_w_over_s'], 1.0, 3):>13} "
+                     f"{_ms(a['share_below_quarter'], 100.0, 1):>11} %")
+    lines += ["", "3. device noise in weight units, σ_i/s against |w_i|/s (NoiseModel at t, "
+              "Joshi et al. 2020 PCM, differential pair, per-level drift compensation)",
+              "  " + f"{'|w|/s':>6}" + "".join(f"{label:>10}" for label in SIGMA_TIMES)]
+    for u, row in zip(SIGMA_LEVELS, result["sigma_table"]):
+        lines.append("  " + f"{u:>6.2f}" + "".join(f"{v:>10.4f}" for v in row))
     return "\n".join(lines + footer_lines(result, rows))
 
 
@@ -203,6 +229,7 @@ def main(argv=None) -> dict:
                    "other_cpu_total": other_share(*(e - s for e, s in zip(end, start)))},
         "rows": [asdict(r) for r in b.rows],
         "accuracy": acc,
+        "sigma_table": sigma_table(),
         "notes": b.notes,
     }
     print(format_result(result))

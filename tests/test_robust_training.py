@@ -389,4 +389,5 @@ def test_bench_hasgd_quick_runs():
     ratios = [float(x) for x in re.findall(r"\s([\d.]+)x\s", out)]
     assert len(ratios) == 12 and all(r > 0 for r in ratios), out
     assert ratios[0] == 1.0 and ratios[6] == 1.0  # SGD is each group's baseline
-    assert len(re.findall(r"^\s+(mlp|cnn)\s+\w", out, re.MULTILINE)) == 8, out
+    assert len(re.findall(r"^\s+(mlp|cnn)\s+\w", out, re.MULTILINE)) == 16, out  # 2 tables
+    assert re.search(r"^\s+1\.00(\s+0\.\d{4}){4}$", out, re.MULTILINE), out  # σ at |w| = s
