@@ -52,9 +52,12 @@ Gradient of the penalty (``penalty_gradient``):
   derivative of L along u, obtained as the central difference of exact Hessian-vector
   products, [H(w + h·u) u − H(w − h·u) u]/(2h) (symmetry of third derivatives), with
   h = ``fd_step`` (default 1: the difference spans ± one noise standard deviation, so it is the
-  curvature change averaged over the noise scale — a ReLU network's Hessian jumps wherever a
-  unit switches, and the infinitesimal limit is dominated by those jumps); the second term
-  is the dependence of σ_i on w_i. Three Hessian-vector products per probe.
+  curvature change averaged over the scale the noise actually explores — a ReLU network's
+  Hessian jumps wherever a unit switches; the infinitesimal limit sees only the smooth
+  pieces between the jumps, and a small step that straddles one returns a spike of size
+  jump/h); the second term is the dependence of σ_i on w_i. Three Hessian-vector products
+  per probe. At h → 0 the estimate is unbiased for ∇P (tested against finite differences
+  of the exact P); at h = 1 it is the gradient of P smoothed over ±σ.
 * ``"frozen"``: H_ii held constant within the step (estimated by ``hessian``), gradient
   σ_i·σ_i'·H_ii only: one estimate per step, but it never makes the loss flatter — it only
   moves weights to where the device is less noisy.
