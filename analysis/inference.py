@@ -58,6 +58,13 @@ def summary_lines(trace: Trace) -> list[str]:
             cells = "".join(f"{100 * m:>9.2f} ± {100 * s:4.2f}" for m, s in zip(r["mean"],
                                                                                  r["std"]))
             lines.append(f"    {r['method']:<16}{cells}")
+        lines.append("    weight error |W_eff − W|/|W| (%) of the tiles as read, mean over seeds:")
+        for r in mine:
+            name = f"weight_error_{arch}_{r['method']}"
+            if name in trace.series_names():
+                err = trace.series(name).data.mean(axis=1)
+                lines.append(f"    {r['method']:<16}" + "".join(f"{100 * e:>16.2f}"
+                                                             for e in err))
         for t in times:
             key = f"pto_recovery_{arch}_t{t:g}"
             if key in metrics and np.isfinite(metrics[key][0]):
