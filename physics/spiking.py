@@ -65,6 +65,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from imcsim.physics import mathfn
+
 # |f·Δ| below which φ and φ' use their Taylor series (truncation error < 1e-15 relative).
 _SERIES_X = 1e-3
 
@@ -89,11 +91,18 @@ def _dphi(x):
     return (math.exp(-x) - _phi(x)) / x
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _advance(v, f, g, dt):
-    """v(t + dt) of dv/dt = g − f·v from v(t) = v (f, g constant)."""
+    """v(t + dt) of dv/dt = g − f·v from v(t) = v (f, g constant).
+
+    Branch-free so that the loops over neurons vectorise: e^{−x} by the table exponential of
+    :mod:`mathfn` (≤ 1 ulp), φ(x) = (1 − e^{−x})/x, or its Taylor series for |x| < 10⁻³
+    (where the difference loses digits; truncation < 10⁻¹⁸)."""
     x = f * dt
-    return v * math.exp(-x) + g * dt * _phi(x)
+    e = mathfn.exp(-x)
+    series = 1.0 - x * (0.5 - x * (1.0 / 6.0 - x * (1.0 / 24.0 - x / 120.0)))
+    phi = series if abs(x) < _SERIES_X else (1.0 - e) / x
+    return v * e + g * dt * phi
 
 
 @njit(cache=True, inline="always")
@@ -122,41 +131,59 @@ def _firing_slope(v_end, kappa):
 # Exact event-driven layer (Numba)
 
 
+# Batches with fewer synaptic updates (batch × N_in × N_out) than this run on one thread: a
+# parallel launch costs more than it saves there (and far more when a core is busy).
+_PARALLEL_WORK = 1 << 18
+
+
+@njit(cache=True, error_model="numpy")
+def _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
+    """One sample of an RC-Spike layer: its input spikes sorted once, the closed form applied
+    per interval between them, then the firing-phase crossing."""
+    n_in = t_in.shape[1]
+    n_out = w.shape[1]
+    order = np.argsort(t_in[b], kind="mergesort")
+    v = np.zeros(n_out)
+    f = np.full(n_out, leak)
+    g = np.zeros(n_out)
+    t_prev = 0.0
+    for k in range(n_in):
+        j = order[k]
+        tj = t_in[b, j]
+        if not tj < 1.0:
+            break  # sorted: every later input spikes after the phase (or never)
+        dt = tj - t_prev
+        if dt > 0.0:
+            for i in range(n_out):
+                v[i] = _advance(v[i], f[i], g[i], dt)
+        for i in range(n_out):
+            f[i] += beta_w[j, i]
+            g[i] += w[j, i]
+        t_prev = tj
+    dt = 1.0 - t_prev
+    for i in range(n_out):
+        vi = _advance(v[i], f[i], g[i], dt)
+        v_end[b, i] = vi
+        t_out[b, i] = _firing_time(vi, kappa, clipped)
+
+
 @njit(cache=True, parallel=True)
 def _layer_kernel(t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
-    """RC-Spike layer over a batch: each sample's input spikes sorted once, the closed form
-    applied per interval; one sample per thread, so the result is thread-count independent."""
-    n_batch, n_in = t_in.shape
-    n_out = w.shape[1]
-    for b in prange(n_batch):
-        order = np.argsort(t_in[b], kind="mergesort")
-        v = np.zeros(n_out)
-        f = np.full(n_out, leak)
-        g = np.zeros(n_out)
-        t_prev = 0.0
-        for k in range(n_in):
-            j = order[k]
-            tj = t_in[b, j]
-            if not tj < 1.0:
-                break  # sorted: every later input spikes after the phase (or never)
-            dt = tj - t_prev
-            if dt > 0.0:
-                for i in range(n_out):
-                    v[i] = _advance(v[i], f[i], g[i], dt)
-            for i in range(n_out):
-                f[i] += beta_w[j, i]
-                g[i] += w[j, i]
-            t_prev = tj
-        dt = 1.0 - t_prev
-        for i in range(n_out):
-            vi = _advance(v[i], f[i], g[i], dt)
-            v_end[b, i] = vi
-            t_out[b, i] = _firing_time(vi, kappa, clipped)
+    """:func:`_layer_sample` over a batch, one sample per thread (thread-count independent)."""
+    for b in prange(t_in.shape[0]):
+        _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end)
 
 
-@njit(cache=True, parallel=True)
-def _layer_grad_kernel(t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_in):
-    """Reverse mode through :func:`_layer_kernel`'s accumulation phase, per sample.
+@njit(cache=True)
+def _layer_kernel_serial(t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
+    """:func:`_layer_kernel` on the calling thread (same arithmetic, same bytes)."""
+    for b in range(t_in.shape[0]):
+        _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end)
+
+
+@njit(cache=True, error_model="numpy")
+def _layer_grad_sample(b, t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_in):
+    """Reverse mode through :func:`_layer_sample`'s accumulation phase for sample b.
 
     grad_w[b, j, i] = ∂L/∂w_ji of sample b (β held fixed), grad_t_in[b, j] = ∂L/∂t_j, for
     L = Σ_i grad_v_end[b, i]·v_i(1). Per interval s with x = f·Δ:
@@ -166,57 +193,68 @@ def _layer_grad_kernel(t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_i
     w_ji·(1 − β_ji·v_i(t_j))·δ of charge at t_j, so ∂L/∂t_j = −Σ_i λ_i(t_j)·w_ji·(1 − β_ji·v_i(t_j))
     with λ(t_j) = ∂L/∂v(t_j) the adjoint carried back from t = 1.
     """
-    n_batch, n_in = t_in.shape
+    n_in = t_in.shape[1]
     n_out = w.shape[1]
-    for b in prange(n_batch):
-        order = np.argsort(t_in[b], kind="mergesort")
-        n_ev = 0
-        while n_ev < n_in and t_in[b, order[n_ev]] < 1.0:
-            n_ev += 1
-        # Forward, keeping v at every event (after the interval before it).
-        v_at = np.zeros((n_ev + 1, n_out))
-        dts = np.empty(n_ev + 1)
-        f = np.full(n_out, leak)
-        g = np.zeros(n_out)
-        t_prev = 0.0
-        v = np.zeros(n_out)
-        for k in range(n_ev):
-            j = order[k]
-            tj = t_in[b, j]
-            dt = tj - t_prev
-            if k > 0:
-                dts[k - 1] = dt
-                for i in range(n_out):
-                    v[i] = _advance(v[i], f[i], g[i], dt)
+    order = np.argsort(t_in[b], kind="mergesort")
+    n_ev = 0
+    while n_ev < n_in and t_in[b, order[n_ev]] < 1.0:
+        n_ev += 1
+    # Forward, keeping v at every event (after the interval before it).
+    v_at = np.zeros((n_ev + 1, n_out))
+    dts = np.empty(n_ev + 1)
+    f = np.full(n_out, leak)
+    g = np.zeros(n_out)
+    t_prev = 0.0
+    v = np.zeros(n_out)
+    for k in range(n_ev):
+        j = order[k]
+        tj = t_in[b, j]
+        dt = tj - t_prev
+        if k > 0:
+            dts[k - 1] = dt
             for i in range(n_out):
-                v_at[k, i] = v[i]
-                f[i] += beta_w[j, i]
-                g[i] += w[j, i]
-            t_prev = tj
-        if n_ev > 0:
-            dts[n_ev - 1] = 1.0 - t_prev
-        # Backward over the intervals after each event, last first; f, g are undone as
-        # each event is passed.
-        lam = grad_v_end[b].copy()
-        sum_f = np.zeros(n_out)
-        sum_g = np.zeros(n_out)
-        for k in range(n_ev - 1, -1, -1):
-            j = order[k]
-            dt = dts[k]
-            for i in range(n_out):
-                x = f[i] * dt
-                e = math.exp(-x)
-                vs = v_at[k, i]
-                sum_f[i] += lam[i] * dt * (-vs * e + g[i] * dt * _dphi(x))
-                sum_g[i] += lam[i] * dt * _phi(x)
-                lam[i] *= e
-            acc = 0.0
-            for i in range(n_out):
-                grad_w[b, j, i] = beta[j, i] * sum_f[i] + sum_g[i]
-                acc -= lam[i] * w[j, i] * (1.0 - beta[j, i] * v_at[k, i])
-                f[i] -= beta_w[j, i]
-                g[i] -= w[j, i]
-            grad_t_in[b, j] = acc
+                v[i] = _advance(v[i], f[i], g[i], dt)
+        for i in range(n_out):
+            v_at[k, i] = v[i]
+            f[i] += beta_w[j, i]
+            g[i] += w[j, i]
+        t_prev = tj
+    if n_ev > 0:
+        dts[n_ev - 1] = 1.0 - t_prev
+    # Backward over the intervals after each event, last first; f, g are undone as
+    # each event is passed.
+    lam = grad_v_end[b].copy()
+    sum_f = np.zeros(n_out)
+    sum_g = np.zeros(n_out)
+    for k in range(n_ev - 1, -1, -1):
+        j = order[k]
+        dt = dts[k]
+        for i in range(n_out):
+            x = f[i] * dt
+            e = math.exp(-x)
+            vs = v_at[k, i]
+            sum_f[i] += lam[i] * dt * (-vs * e + g[i] * dt * _dphi(x))
+            sum_g[i] += lam[i] * dt * _phi(x)
+            lam[i] *= e
+        acc = 0.0
+        for i in range(n_out):
+            grad_w[b, j, i] = beta[j, i] * sum_f[i] + sum_g[i]
+            acc -= lam[i] * w[j, i] * (1.0 - beta[j, i] * v_at[k, i])
+            f[i] -= beta_w[j, i]
+            g[i] -= w[j, i]
+        grad_t_in[b, j] = acc
+
+
+@njit(cache=True, parallel=True)
+def _layer_grad_kernel(t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_in):
+    for b in prange(t_in.shape[0]):
+        _layer_grad_sample(b, t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_in)
+
+
+@njit(cache=True)
+def _layer_grad_kernel_serial(t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_in):
+    for b in range(t_in.shape[0]):
+        _layer_grad_sample(b, t_in, w, beta, beta_w, leak, grad_v_end, grad_w, grad_t_in)
 
 
 # ----------------------------------------------------------------------------------------
@@ -275,8 +313,9 @@ def layer_spike_times(t_in, w, beta, *, beta_fire: float = 0.0, leak: float = 0.
     kappa = _check_phase(beta_fire, leak)
     t_out = np.empty((t_in.shape[0], w.shape[1]))
     v_end = np.empty_like(t_out)
-    _layer_kernel(t_in, w, np.ascontiguousarray(beta * w), float(leak), kappa, bool(clipped),
-                  t_out, v_end)
+    kernel = _layer_kernel if t_in.size * w.shape[1] >= _PARALLEL_WORK else _layer_kernel_serial
+    kernel(t_in, w, np.ascontiguousarray(beta * w), float(leak), kappa, bool(clipped), t_out,
+           v_end)
     return (t_out, v_end) if return_v_end else t_out
 
 
@@ -320,8 +359,10 @@ def layer_gradients(t_in, w, beta, grad_v_end, *, leak: float = 0.0
         raise ValueError(f"grad_v_end must have shape {(t_in.shape[0], w.shape[1])}")
     per_sample = np.zeros((t_in.shape[0], *w.shape))
     grad_t = np.zeros(t_in.shape)
-    _layer_grad_kernel(t_in, w, beta, np.ascontiguousarray(beta * w), float(leak), grad_v_end,
-                       per_sample, grad_t)
+    kernel = (_layer_grad_kernel if t_in.size * w.shape[1] >= _PARALLEL_WORK
+              else _layer_grad_kernel_serial)
+    kernel(t_in, w, beta, np.ascontiguousarray(beta * w), float(leak), grad_v_end, per_sample,
+           grad_t)
     return per_sample.sum(axis=0), grad_t
 
 
