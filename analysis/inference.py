@@ -65,11 +65,22 @@ def summary_lines(trace: Trace) -> list[str]:
                 err = trace.series(name).data.mean(axis=1)
                 lines.append(f"    {r['method']:<16}" + "".join(f"{100 * e:>16.2f}"
                                                              for e in err))
-        for t in times:
-            key = f"pto_recovery_{arch}_t{t:g}"
-            if key in metrics and np.isfinite(metrics[key][0]):
-                lines.append(f"    PTO on SGD recovers {100 * metrics[key][0]:.0f} % of the "
-                             f"float − max-abs loss at {_time_label(t)}")
+        by_method = {r["method"]: r for r in mine}
+        if {"float", "sgd_maxabs", "pto_sgd"} <= set(by_method):
+            lines.append("    PTO on SGD, share of the float − max-abs loss recovered "
+                         "(loss ± its standard error over seeds):")
+            base, pto, flt = by_method["sgd_maxabs"], by_method["pto_sgd"], by_method["float"]
+            n = len(rows[0]["seeds"])
+            for k, t in enumerate(times):
+                lost = flt["mean"][k] - base["mean"][k]
+                sem = base["std"][k] / np.sqrt(n)
+                key = f"pto_recovery_{arch}_t{t:g}"
+                share = metrics.get(key, (np.nan, ""))[0]
+                text = (f"{100 * share:.0f} %" if np.isfinite(share)
+                        else "nothing to recover")
+                lines.append(f"      {_time_label(t):>6}: loss {100 * lost:5.2f} ± "
+                             f"{100 * sem:4.2f} points, PTO gains "
+                             f"{100 * (pto['mean'][k] - base['mean'][k]):5.2f}: {text}")
     lines.append("  needs to know:")
     for r in rows[:len(_names(trace, "inference_methods"))]:
         lines.append(f"    {r['method']:<16}{r['needs']}")
