@@ -140,6 +140,38 @@ def afp_weight_scale(w: np.ndarray, gain: float, scale=None) -> np.ndarray:
     return np.where(afp_exponent(w, s, gain), s / gain, np.broadcast_to(s, w.shape))
 
 
+def mapping_weight_sigma(w: np.ndarray, kind: str, noise, gain: float = 4.0) -> np.ndarray:
+    """σ_i of every weight of a layer in weight units under a mapping, at the time and with
+    the device model of ``noise`` (``robust_training.NoiseModel``; σ of a pair from
+    ``robust_training.conductance_sigma``), max-abs column scales s:
+
+    * fixed: s·σ_pair(|w|/s·g_max)/g_max;
+    * fixed2: the same over √2 (two independent pairs averaged);
+    * afp: a weight with exponent 1 sits at γ·|w|/s in the gain column (scaled back by 1/γ)
+      while the other column holds a pair at target 0 whose devices still carry their
+      (rectified) programming and read noise: σ² = ((s/γ)·σ_pair(γ|w|/s·g_max))² +
+      (s·σ_pair(0))², over g_max²; a weight with exponent 0 likewise gets the gain column's
+      zero pair at s/γ.
+    """
+    from imcsim.scenarios.robust_training import conductance_sigma
+
+    g_max = noise.device.g_max
+    s = column_scales_maxabs(w)
+    u = np.minimum(np.abs(w) / s, 1.0)
+    floor = float(conductance_sigma(np.zeros(1), noise)[0])
+    if kind == "fixed":
+        return s * conductance_sigma(u * g_max, noise) / g_max
+    if kind == "fixed2":
+        return s * conductance_sigma(u * g_max, noise) / (g_max * np.sqrt(2.0))
+    if kind != "afp":
+        raise ValueError(f"mapping must be one of {MAPPINGS}, got {kind!r}")
+    small = u < 1.0 / gain
+    own = np.where(small, s / gain * conductance_sigma(np.minimum(gain * u, 1.0) * g_max, noise),
+                   s * conductance_sigma(u * g_max, noise))
+    other = np.where(small, s * floor, s / gain * floor)
+    return np.sqrt(own ** 2 + other ** 2) / g_max
+
+
 # --------------------------------------------------------------------------------------------
 # Layer rows and ranges
 
@@ -533,6 +565,16 @@ class InferenceRun:
                                  "PTO objective on the fixed evaluation draws at the start")
                 w.declare_metric(f"pto_{arch}_{method}_objective_best", "1",
                                  "PTO objective on the fixed evaluation draws, returned ranges")
+            for method in sec.methods:
+                if method != "float" and not method.startswith("pto"):
+                    w.declare_metric(f"predicted_weight_error_{arch}_{method}", "1",
+                                     f"{arch}, {method}: sqrt(sum sigma_i^2 / sum w_i^2) of "
+                                     "the device noise model at t_train under the method's "
+                                     "mapping (mapping_weight_sigma), no periphery")
+            if "afp" in sec.methods:
+                w.declare_metric(f"afp_small_share_{arch}", "1",
+                                 f"{arch}: share of the SGD network's weights that AFP puts "
+                                 "in the gain column (|w| < s/gain)")
             w.declare_metric(f"float_accuracy_{arch}", "1",
                              f"{arch}: test accuracy of the SGD-trained network in float")
             if {"float", "sgd_maxabs", "pto_sgd"} <= set(sec.methods):
@@ -571,6 +613,7 @@ class InferenceRun:
 
     def _run_architecture(self, arch, progress):
         from imcsim.scenarios import pto
+        from imcsim.scenarios import robust_training as rt
 
         sec, w, hw = self.section, self.writer, self.hw
         nets = {}
@@ -598,6 +641,17 @@ class InferenceRun:
                 continue
             rows_cal = layer_rows(net, x_cal)
             kind, rule = _mapping_of(method)
+            if not method.startswith("pto"):
+                noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
+                sig2 = sum(float(np.sum(mapping_weight_sigma(wk, kind, noise, sec.afp_gain) ** 2))
+                           for wk in net.weights)
+                w.set_metric(f"predicted_weight_error_{arch}_{method}",
+                             float(np.sqrt(sig2 / sum(float(np.sum(wk * wk))
+                                                      for wk in net.weights))))
+            if method == "afp":
+                u = np.concatenate([(np.abs(wk) / column_scales_maxabs(wk)).ravel()
+                                    for wk in net.weights])
+                w.set_metric(f"afp_small_share_{arch}", float(np.mean(u < 1.0 / sec.afp_gain)))
             tiles = map_network(net, hw, rows_cal, kind, gain=sec.afp_gain, input_ranges=rule,
                                 percentile=sec.percentile)
             if method.startswith("pto"):

@@ -245,3 +245,31 @@ def test_quick_benchmark_reports_every_row(tmp_path):
         "numpy", "fixed_1t", "fixed_nt", "afp_nt", "program", "pto"))
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows.values())
     assert "time / numpy" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", inference.MAPPINGS)
+def test_predicted_weight_noise_matches_the_programmed_tiles(kind):
+    """mapping_weight_sigma (the device noise model per weight, AFP's zero pairs included)
+    against the rms weight error of tiles programmed and read by the PCM kernels, no drift
+    (so no compensation bias): agreement within 4 % (about 6,000 weights × 4 device seeds;
+    the sampling error of an rms is ~1/sqrt(2n) ≈ 0.5 %, the rest is the rectification bias
+    of weak devices the σ model leaves out)."""
+    from imcsim.scenarios.robust_training import NoiseModel
+
+    stat = pcm.StatisticalModel(drift_scale=0.0)
+    t = 86400.0
+    net = random_net("mlp", 8)
+    net.weights = [net.weights[0], net.weights[1]]
+    hw = inference.Hardware(stat=stat, periphery=IDEAL)
+    rows = [np.ones((1, w.shape[0])) for w in net.weights]
+    tiles = inference.map_network(net, hw, rows, kind, gain=4.0)
+    noise = NoiseModel(device=stat, t_inference=t)
+    predicted = np.sqrt(sum(np.sum(inference.mapping_weight_sigma(w, kind, noise, 4.0) ** 2)
+                            for w in net.weights) / sum(np.sum(w * w) for w in net.weights))
+    measured = []
+    for seed in range(4):
+        chips = inference.program(tiles, stat, seed)
+        reads = [inference.read(c, stat, t, 2) for c in chips]
+        measured.append(inference.weight_error(net, chips, reads, [1.0] * len(chips),
+                                               stat.g_max) ** 2)
+    assert np.sqrt(np.mean(measured)) == pytest.approx(predicted, rel=0.04)
