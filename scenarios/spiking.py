@@ -16,7 +16,9 @@ t = τ_in·(1 − x) for a pixel x ∈ [0, 1] (their Fig. 4b, τ_in = 1): bright
 early. Decoding: softmax over −t/τ_soft of the output spike times (the earliest spike wins).
 
 Cost (their Eqs. 49-52, γ₂ = 0 for RC-Spike), averaged over a minibatch:
-C = −ln S_y(t) + γ₁·Σ_i (t_i − t_ref)², S_i = exp(−t_i/τ_soft)/Σ_k exp(−t_k/τ_soft).
+C = −ln S_y(t) + γ₁·Σ_i (t̃_i − t_ref)², S_i = exp(−t_i/τ_soft)/Σ_k exp(−t_k/τ_soft), with
+the penalty on the unclipped ideal-ramp time t̃ = 1 − v(1) of the output neurons (our change,
+see :func:`cost`).
 Minimised with Adam. Output times are the clipped variant (t ∈ [0, 1], their Eq. 27); as in
 the paper (Results, σ_spike = 0.01), Gaussian noise of ``spike_noise`` is added to every
 layer's output times in training (not in evaluation: the circuit comparison needs the
@@ -271,20 +273,29 @@ def dstd_layer_backward(grad_v_end, w, beta, c: _DSTDCache):
 # Cost
 
 
-def cost(t_out: np.ndarray, y: np.ndarray, tau_soft: float, gamma1: float, t_ref: float
-         ) -> tuple[float, np.ndarray]:
-    """Mean over the batch of −ln softmax(−t/τ_soft)_y + γ₁·Σ_i (t_i − t_ref)², and its
-    gradient with respect to ``t_out`` (B, classes)."""
+def cost(t_out: np.ndarray, v_end: np.ndarray, y: np.ndarray, tau_soft: float, gamma1: float,
+         t_ref: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean over the batch of −ln softmax(−t/τ_soft)_y + γ₁·Σ_i (t̃_i − t_ref)², and its
+    gradients with respect to the output spike times ``t_out`` and to ``v_end`` = v(1).
+
+    t̃ = 1 − v(1) is the unclipped spike time of the ideal firing phase: equal to t inside
+    the window in the top-down model, and still defined (with a gradient) for a neuron that
+    fires at once or not at all. Our choice: their Eq. 52 penalises the clipped times,
+    whose gradient vanishes outside the window, so an output neuron that falls silent early
+    in training never comes back (with 10 outputs, a lost class)."""
     n = t_out.shape[0]
     z = -t_out / tau_soft
     z = z - z.max(axis=1, keepdims=True)
     logp = z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))
     rows = np.arange(n)
-    value = -np.mean(logp[rows, y]) + gamma1 * np.mean(np.sum((t_out - t_ref) ** 2, axis=1))
+    t_virtual = 1.0 - v_end
+    value = -np.mean(logp[rows, y]) + gamma1 * np.mean(np.sum((t_virtual - t_ref) ** 2,
+                                                              axis=1))
     d_z = np.exp(logp)
     d_z[rows, y] -= 1.0
-    grad = -d_z / tau_soft / n + 2.0 * gamma1 * (t_out - t_ref) / n
-    return float(value), grad
+    grad_t = -d_z / tau_soft / n
+    grad_v = -2.0 * gamma1 * (t_virtual - t_ref) / n
+    return float(value), grad_t, grad_v
 
 
 # ----------------------------------------------------------------------------------------
@@ -325,11 +336,13 @@ def loss_and_grad(weights: list[np.ndarray], t_in: np.ndarray, y: np.ndarray, mo
         t_next, slope = _noisy(t_next, slope, noise_rng, cfg.spike_noise)
         caches.append((w, beta, c, slope))
         t = t_next
-    value, grad_t = cost(t, y, cfg.tau_soft, cfg.gamma1, cfg.t_ref)
+    value, grad_t, grad_v_out = cost(t, v_end, y, cfg.tau_soft, cfg.gamma1, cfg.t_ref)
     grads = [np.empty(0)] * len(weights)
     for layer in range(len(weights) - 1, -1, -1):
         w, beta, c, slope = caches[layer]
         grad_v = grad_t * slope
+        if layer == len(weights) - 1:
+            grad_v = grad_v + grad_v_out
         if method == "dstd":
             grads[layer], grad_t = dstd_layer_backward(grad_v, w, beta, c)
         else:
