@@ -140,6 +140,48 @@ class TrainedSpikingNet:
         return float(np.mean(self.predict(t_in) == np.asarray(y)))
 
 
+def predict(layers, t_in: np.ndarray, *, beta_fire: float = 0.0, leak: float = 0.0
+            ) -> np.ndarray:
+    """Class of each sample of input times ``t_in`` on the exact core of ``layers``
+    [(w, beta), ...]: the earliest output spike (ties and all-silent: lowest index)."""
+    t_out = core.network_spike_times(t_in, layers, beta_fire=beta_fire, leak=leak)
+    return np.argmin(t_out, axis=1).astype(np.int64)
+
+
+def load_trained(path, model: str, method: str, seed_index: int = 0, run: str | None = None
+                 ) -> tuple[TrainedSpikingNet, np.ndarray, np.ndarray]:
+    """A trained network from a study trace, with the test set it was evaluated on:
+    (net, test input times (samples, 16), test labels). ``seed_index`` indexes the study's
+    seeds; ``run`` names the run of a multi-run file."""
+    from imcsim.config import from_dict
+    from imcsim.store import Trace
+
+    with Trace(path, run) as trace:
+        section = from_dict(_section_class(), trace.scenario["spiking"], "spiking")
+        seeds = [int(x) for x in trace.attrs["spiking_seeds"]]
+        if not 0 <= seed_index < len(seeds):
+            raise ValueError(f"seed_index must be in [0, {len(seeds)}), got {seed_index}")
+        key = f"{model}_{method}"
+        n_layers = len(trace.attrs["spiking_layer_sizes"]) - 1
+        layers = [(trace.series(f"weights_{key}_layer{k}").data[-1][seed_index],
+                   trace.series(f"beta_{key}_layer{k}").data[-1][seed_index])
+                  for k in range(n_layers)]
+        t_test = trace.group["spiking"]["test_input_times"][()]
+        y_test = trace.group["spiking"]["test_labels"][()]
+        history = {name: list(trace.series(f"{name}_{key}").data[:, seed_index])
+                   for name in ("loss", "accuracy")}
+    cfg = section.config(seeds[seed_index])
+    net = TrainedSpikingNet(layers, model, method, model_beta_fire(model, cfg), cfg.leak, cfg,
+                            history)
+    return net, t_test, y_test
+
+
+def _section_class():
+    from imcsim.config import SpikingSection
+
+    return SpikingSection
+
+
 # ----------------------------------------------------------------------------------------
 # Data and models
 

@@ -166,6 +166,11 @@ def test_study_trace_holds_curves_weights_and_cross_model_accuracy(tmp_path):
         layers = [(wk, sp.reversal_beta(wk, 2.80, -1.53)) for wk in weights]
         np.testing.assert_array_equal(
             sp.network_spike_times(inputs, layers, beta_fire=1 / 6.4), times[0])
+        final_bu = tr.series("final_accuracy_bottom_up_dstd").data[-1]
+    net, t_test, y_test = ss.load_trained(out, "bottom_up", "dstd", seed_index=1)
+    assert net.config.seed == 1 and net.beta_fire == pytest.approx(1 / 6.4)
+    assert net.accuracy(t_test, y_test) == final_bu[1, 0]
+    assert net.on_model("top_down").accuracy(t_test, y_test) == final_bu[1, 1]
     info = CliRunner().invoke(main, ["info", str(out)])
     assert info.exit_code == 0, info.output
     assert "mean ± std over 2 seeds" in info.output and "top_down    exact" in info.output
