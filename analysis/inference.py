@@ -77,7 +77,7 @@ def summary_lines(trace: Trace) -> list[str]:
                 key = f"pto_recovery_{arch}_t{t:g}"
                 share = metrics.get(key, (np.nan, ""))[0]
                 text = (f"{100 * share:.0f} %" if np.isfinite(share)
-                        else "nothing to recover")
+                        else "loss below 2 standard errors: nothing to measure")
                 lines.append(f"      {_time_label(t):>6}: loss {100 * lost:5.2f} ± "
                              f"{100 * sem:4.2f} points, PTO gains "
                              f"{100 * (pto['mean'][k] - base['mean'][k]):5.2f}: {text}")

@@ -273,3 +273,10 @@ def test_predicted_weight_noise_matches_the_programmed_tiles(kind):
         measured.append(inference.weight_error(net, chips, reads, [1.0] * len(chips),
                                                stat.g_max) ** 2)
     assert np.sqrt(np.mean(measured)) == pytest.approx(predicted, rel=0.04)
+
+
+def test_recovery_is_defined_only_where_the_baseline_loses():
+    base = [0.90, 0.92, 0.91, 0.89, 0.93]
+    assert inference.recovery([0.98] * 5, base, [0.945] * 5) == pytest.approx(0.5)
+    assert np.isnan(inference.recovery([0.912] * 5, base, [0.95] * 5))  # within the spread
+    assert np.isnan(inference.recovery([0.90] * 5, base, [0.95] * 5))  # baseline above float
