@@ -7,7 +7,8 @@ I = I₀·(1 + λ·V_DS)), so each synapse is a conductance with a reversal pote
 C_m·dV/dt = Σ_j g_j·(E_j − V)·θ(t − t_j) (their Eq. 1 and App. A). The paper calls the
 result a spiking network with reversal potentials, the "IMC-aware neuron model".
 
-**Normalised units** (everything below this line of the module's API). Time is in units of
+**Normalised units** (every function here except the SI mappings at the end:
+:func:`normalise_synapse`, :func:`normalise_current` and their inverses). Time is in units of
 the phase length T (1 µs in their sky130 circuit), potential in units of the swing V_swing
 from the reset level to the firing threshold, measured from reset toward threshold (their
 circuit is inverted in polarity; V here is the excursion). Then (their Eqs. 8-11)
