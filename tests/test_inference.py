@@ -280,3 +280,18 @@ def test_recovery_is_defined_only_where_the_baseline_loses():
     assert inference.recovery([0.98] * 5, base, [0.945] * 5) == pytest.approx(0.5)
     assert np.isnan(inference.recovery([0.912] * 5, base, [0.95] * 5))  # within the spread
     assert np.isnan(inference.recovery([0.90] * 5, base, [0.95] * 5))  # baseline above float
+
+
+@pytest.mark.parametrize("name", ["inference_robustness.toml", "inference_noise_sources.toml"])
+def test_shipped_inference_scenarios_validate(name):
+    from pathlib import Path
+
+    from imcsim.config import load_scenario
+    from imcsim.runner import study_run_class
+
+    loaded = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / name)
+    for _, _, sc in loaded.runs():
+        assert sc.kind == "inference"
+        run = study_run_class(sc.kind)(dataclasses.replace(loaded, scenario=sc, variants=()),
+                                       sc.run.seed)
+        assert run.n_steps > 0
