@@ -253,7 +253,7 @@ def init_layers(cfg: SpikingConfig, t_sample: np.ndarray, model: str) -> list[np
 
 @dataclass
 class _DSTDCache:
-    S: np.ndarray  # (B, N_in, M+1) cumulative spike variables
+    S: np.ndarray  # (B, M+1, N_in) cumulative spike variables
     k: np.ndarray  # (B, N_in) interval index of each spike
     widths: np.ndarray  # (M+1,)
     x: np.ndarray  # (B, M+1, N_out) f̃·Δ
@@ -282,10 +282,11 @@ def dstd_layer(t_in, w, beta, steps: int, t_offset: float, leak: float = 0.0,
     t = np.minimum(np.asarray(t_in, dtype=np.float64), 1.0)
     k = np.minimum(np.floor((t + t_offset) / delta).astype(np.int64), steps)
     frac = (t - grid[k]) / widths[k]
-    m = np.arange(steps + 1)
-    S = (m > k[..., None]) + (m == k[..., None]) * (1.0 - frac[..., None])
-    f = np.einsum("bjm,ji->bmi", S, beta * w) + leak
-    g = np.einsum("bjm,ji->bmi", S, w)
+    m = np.arange(steps + 1)[:, None]
+    # S[b, m, j]: cumulative spike variable of input j at grid point m (their Eq. 38).
+    S = (m > k[:, None, :]) + (m == k[:, None, :]) * (1.0 - frac[:, None, :])
+    f = S @ (beta * w) + leak
+    g = S @ w
     x = f * widths[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         phi = np.where(x == 0.0, 1.0, -np.expm1(-x) / x)
@@ -310,10 +311,14 @@ def dstd_layer_backward(grad_v_end, w, beta, c: _DSTDCache):
     lam = grad_v_end[:, None, :]
     d_g = lam * width * c.phi * c.Z
     d_f = lam * (c.Z * c.g * width * width * dphi - width * before)
-    grad_w = beta * np.einsum("bjm,bmi->ji", c.S, d_f) + np.einsum("bjm,bmi->ji", c.S, d_g)
-    d_S = np.einsum("bmi,ji->bjm", d_f, beta * w) + np.einsum("bmi,ji->bjm", d_g, w)
-    # S_jk = 1 − (t − T_k)/Δ_k is the only entry that moves with t_j.
-    d_Sk = np.take_along_axis(d_S, c.k[..., None], axis=2)[..., 0]
+    n_in = c.S.shape[2]
+    s_flat = c.S.reshape(-1, n_in)
+    n_out = d_f.shape[2]
+    grad_w = (beta * (s_flat.T @ d_f.reshape(-1, n_out))
+              + s_flat.T @ d_g.reshape(-1, n_out))
+    d_S = d_f @ (beta * w).T + d_g @ w.T  # (B, M+1, N_in)
+    # S_kj = 1 − (t_j − T_k)/Δ_k is the only entry that moves with t_j.
+    d_Sk = np.take_along_axis(d_S, c.k[:, None, :], axis=1)[:, 0, :]
     grad_t = -d_Sk / c.widths[c.k]
     return grad_w, grad_t
 
