@@ -674,13 +674,18 @@ class PTOSection:
     """Post-training range optimisation (scenarios.pto): Adam on the logarithms of the column
     scales and DAC ranges, ``iterations`` steps of learning rate ``lr`` on fresh device
     draws at the deployment time ``t_target`` (s); the best of the start and every
-    ``check_every``-th step on ``eval_draws`` fixed draws is kept."""
+    ``check_every``-th step on ``eval_draws`` fixed draws is kept. ``loss``:
+    "cross_entropy" (labels of the calibration set) or "logit_mse" (output error against
+    the float network); ``parameters``: "both", "columns" (column scales) or "dac" (DAC
+    ranges only), for ablations."""
 
     iterations: int = 150
     lr: float = 0.03
     t_target: float = 86400.0
     eval_draws: int = 4
     check_every: int = 25
+    loss: Literal["cross_entropy", "logit_mse"] = "cross_entropy"
+    parameters: Literal["both", "columns", "dac"] = "both"
 
     def validate(self, where):
         for name in ("iterations", "lr", "t_target", "eval_draws", "check_every"):

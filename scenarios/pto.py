@@ -61,6 +61,7 @@ from imcsim.scenarios.inference import Hardware, TileMap, with_ranges
 
 _G_R_FLOOR = 1e-7
 LOSSES = ("cross_entropy", "logit_mse")
+PARAMETERS = ("both", "columns", "dac")
 _EVAL_COUNTER0 = 1 << 32  # counters of the fixed evaluation draws (optimisation: 0, 1, ...)
 
 
@@ -303,7 +304,8 @@ class PTOSettings:
     """Adam on θ = (ln s, ln r): ``iterations`` of fresh device draws at ``lr``; checkpoint
     every ``check_every`` iterations on ``eval_draws`` fixed draws; ``t_target`` (s) the
     deployment time whose noise the objective uses; ``loss`` "cross_entropy" (labels) or
-    "logit_mse" (output error against the float network)."""
+    "logit_mse" (output error against the float network); ``parameters`` "both", "columns"
+    (column scales only) or "dac" (DAC ranges only), for ablations."""
 
     iterations: int = 150
     lr: float = 0.03
@@ -311,6 +313,7 @@ class PTOSettings:
     eval_draws: int = 4
     check_every: int = 25
     loss: str = "cross_entropy"
+    parameters: str = "both"
 
 
 @dataclass
@@ -335,6 +338,11 @@ def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibra
     docstring); device draws keyed by ``seed`` (not by any chip the result is evaluated on)."""
     if settings.loss not in LOSSES:
         raise ValueError(f"PTO loss must be one of {LOSSES}, got {settings.loss!r}")
+    if settings.parameters not in PARAMETERS:
+        raise ValueError(f"PTO parameters must be one of {PARAMETERS}, got "
+                         f"{settings.parameters!r}")
+    move_scales = settings.parameters in ("both", "columns")
+    move_ranges = settings.parameters in ("both", "dac")
     target = None
     if settings.loss == "logit_mse":
         from imcsim.scenarios.inference import layer_forward
@@ -369,18 +377,23 @@ def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibra
             g = obj.grad_log_scale[i]
             m_s[i] = beta1 * m_s[i] + (1 - beta1) * g
             v_s[i] = beta2 * v_s[i] + (1 - beta2) * g * g
-            log_s[i] = log_s[i] - settings.lr * (m_s[i] / c1) / (np.sqrt(v_s[i] / c2) + eps)
+            if move_scales:
+                log_s[i] = log_s[i] - settings.lr * (m_s[i] / c1) / (np.sqrt(v_s[i] / c2) + eps)
             gr = obj.grad_log_range[i]
             m_r[i] = beta1 * m_r[i] + (1 - beta1) * gr
             v_r[i] = beta2 * v_r[i] + (1 - beta2) * gr * gr
-            log_r[i] = log_r[i] - settings.lr * (m_r[i] / c1) / (np.sqrt(v_r[i] / c2) + eps)
+            if move_ranges:
+                log_r[i] = log_r[i] - settings.lr * (m_r[i] / c1) / (np.sqrt(v_r[i] / c2) + eps)
         if it % settings.check_every == 0 or it == settings.iterations:
             value = score(log_s, log_r)
             checkpoints.append((it, value))
             if value < best:
                 best = value
                 best_params = ([v.copy() for v in log_s], list(log_r))
-    chosen = with_ranges(tiles, [np.exp(v) for v in best_params[0]],
-                         [float(np.exp(v)) for v in best_params[1]])
+    # frozen parameters keep their exact values (exp(ln x) is not always x)
+    chosen = with_ranges(tiles, [np.exp(v) if move_scales else t.scale
+                                 for v, t in zip(best_params[0], tiles)],
+                         [float(np.exp(v)) if move_ranges else t.input_range
+                          for v, t in zip(best_params[1], tiles)])
     return PTOResult(chosen, start, best, history, checkpoints)
 

@@ -282,7 +282,8 @@ def test_recovery_is_defined_only_where_the_baseline_loses():
     assert np.isnan(inference.recovery([0.90] * 5, base, [0.95] * 5))  # baseline above float
 
 
-@pytest.mark.parametrize("name", ["inference_robustness.toml", "inference_noise_sources.toml"])
+@pytest.mark.parametrize("name", ["inference_robustness.toml", "inference_noise_sources.toml",
+                                  "inference_pto_ablation.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 

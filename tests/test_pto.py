@@ -133,6 +133,24 @@ def test_pto_never_ends_worse_and_fixes_a_bad_dac_range(batch):
     assert still.loss_best == still.loss_start
 
 
+@pytest.mark.parametrize("parameters", ["columns", "dac"])
+def test_ablations_move_only_their_parameters(parameters, batch):
+    x, y = batch
+    net = small_net("mlp", 2)
+    hw = inference.Hardware()
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    settings = pto.PTOSettings(iterations=6, lr=0.1, eval_draws=1, check_every=2,
+                               parameters=parameters)
+    result = pto.optimise(net, tiles, hw, x, y, rows, settings, seed=4)
+    scales_moved = any(not np.array_equal(a.scale, b.scale)
+                       for a, b in zip(result.tiles, tiles))
+    ranges_moved = any(a.input_range != b.input_range for a, b in zip(result.tiles, tiles))
+    assert result.loss_best < result.loss_start  # the checkpoints did move
+    assert (scales_moved, ranges_moved) == ((True, False) if parameters == "columns"
+                                            else (False, True))
+
+
 def test_bad_settings_are_rejected(batch):
     x, y = batch
     net = small_net("mlp")
@@ -141,6 +159,8 @@ def test_bad_settings_are_rejected(batch):
     tiles = inference.map_network(net, hw, rows, "fixed")
     with pytest.raises(ValueError, match="loss"):
         pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(loss="mae"), seed=1)
+    with pytest.raises(ValueError, match="parameters"):
+        pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(parameters="all"), seed=1)
     with pytest.raises(ValueError, match="joshi2020"):
         pto.device_read(np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3), 1.0,
                         pcm.HERMES_2023)
