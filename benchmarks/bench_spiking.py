@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import time
 
 import numba
@@ -132,7 +133,10 @@ def main():
     args = parser.parse_args()
     n_threads = numba.get_num_threads()
     repeats = max(3 if args.quick else 5, args.repeats)
-    print(f"bench_spiking: numba {numba.__version__}, {n_threads} threads, best of {repeats}")
+    load = os.getloadavg()[0]
+    print(f"bench_spiking: numba {numba.__version__}, {n_threads} threads, best of {repeats}; "
+          f"1-min load average {load:.1f} on {os.cpu_count()} CPUs"
+          + (" (busy machine: N-thread rows are not comparable)" if load > 1.0 else ""))
     if args.quick:
         forward_section([(256, 16, 16), (64, 256, 128)], repeats, n_threads)
         training_section([(16, 16, 10)], repeats, 32)
