@@ -601,8 +601,11 @@ class SpikingSection:
     V_swing, weights w = g·T·E/(C_m·V_swing) (1: a synapse on for a whole phase charges the
     ideal membrane from reset to threshold). ``tau_in``, ``tau_soft``, ``t_ref`` and
     ``spike_noise`` (std) in T; ``leak`` α in 1/T; ``e_plus``, ``e_minus``, ``e_dis`` in
-    V_swing; ``lr`` (Adam), ``gamma1`` (temporal penalty), ``init_mean``, ``init_std``
-    (v(1) at initialisation) dimensionless; ``batch`` samples per minibatch."""
+    V_swing (their sky130 circuit: 2.80, −1.53, 6.44); ``fire_rate`` of the firing phase's
+    discharge, "unit" (rate 1 at the reset level) or "calibrated" (their App. A.2: a neuron
+    at v(1) = 0 fires at the end of the phase); ``lr`` (Adam), ``gamma1`` (temporal
+    penalty), ``init_mean``, ``init_std`` (v(1) at initialisation) dimensionless; ``batch``
+    samples per minibatch."""
 
     hidden: tuple[int, ...] = (16,)
     epochs: int = 30
@@ -616,7 +619,8 @@ class SpikingSection:
     spike_noise: float = 0.01
     e_plus: float = 2.80
     e_minus: float = -1.53
-    e_dis: float = 6.4
+    e_dis: float = 6.44
+    fire_rate: Literal["unit", "calibrated"] = "unit"
     leak: float = 0.0
     init_mean: float = 0.5
     init_std: float = 0.3

@@ -31,20 +31,24 @@ sample's input spikes once and apply this per interval: no time step anywhere.
 the accumulation phase comes the firing phase, in which the inputs are off (the layer before
 is being reset) and a discharger drives the membrane toward threshold:
 
-    dv/dt = 1 − κ·v,   κ = β_fire + α,   1 ≤ t < 2 (firing phase)
+    dv/dt = a·(1 − β_fire·v) − α·v = a − κ·v,   κ = a·β_fire + α,   1 ≤ t < 2 (firing phase)
 
-The paper's ideal model has κ = 0 (dv/dt = 1, so t_out = 1 − v(1)); their circuit's
-discharge transistor has a finite reversal potential E_dis ≈ 6.4 (β_fire = 1/E_dis). The
-neuron spikes once, when v reaches the threshold 1; its spike time, measured from the start
-of the firing phase, is (by solving the linear equation above)
+The paper's ideal model has κ = 0 and a = 1 (dv/dt = 1, so t_out = 1 − v(1)); their
+circuit's discharge transistor has a finite reversal potential E_dis ≈ 6.44 (β_fire =
+1/E_dis, their Table 2). a is the discharge current in units of C_m·V_swing/T: 1 by default
+(the rate at the reset level, the project's reference form); their App. A.2 (Eqs. 82-85)
+sizes it so that v(1) = 0 fires exactly at the end of the phase,
+a = −ln(1 − β_fire)/β_fire (:func:`calibrated_fire_rate`). The neuron spikes once, when v
+reaches the threshold 1; its spike time, measured from the start of the firing phase, is
+(by solving the linear equation above)
 
-    t_out = ln((1 − κ·v(1)) / (1 − κ)) / κ    (t_out = 1 − v(1) for κ = 0)
+    t_out = ln((a − κ·v(1)) / (a − κ)) / κ    (t_out = (1 − v(1))/a for κ = 0)
 
 and the output spike is the next layer's input spike at that time of its accumulation phase.
 
 **Rule for neurons that do not reach threshold.** A neuron with v(1) ≥ 1 spikes at once,
 t_out = 0 (the output stage only acts in the firing phase). A neuron that does not reach the
-threshold within the firing phase (t_out > 1, or κ ≥ 1 so that v never reaches 1) does not
+threshold within the firing phase (t_out > 1, or κ ≥ a so that v never reaches 1) does not
 spike: ``t_out = np.inf`` (the *physical* rule, what the circuit does). With
 ``clipped=True`` it is 1 instead: the paper's clip(·) to [0, 1] (their Eq. 27), used in
 training. The two give the same next layer: an input spike at t = 1 or never switches its
@@ -56,7 +60,7 @@ accumulation phase; negative or NaN times are errors.
 The exact gradients (:func:`layer_gradients`) are those of the closed form: reverse-mode
 through the per-interval update, and for the firing time implicit differentiation of the
 threshold crossing v(t_out) = 1, dt_out/dv(1) = −(∂v(t_out)/∂v(1))/v̇(t_out)
-= −1/(1 − κ·v(1)).
+= −1/(a − κ·v(1)).
 """
 
 from __future__ import annotations
@@ -107,25 +111,21 @@ def _advance(v, f, g, dt):
 
 
 @njit(cache=True, inline="always")
-def _firing_time(v_end, kappa, clipped):
-    """Threshold-crossing time of dv/dt = 1 − κ·v from v(0) = v_end to v = 1 (module doc)."""
+def _firing_time(v_end, rate, kappa, clipped):
+    """Threshold-crossing time of dv/dt = a − κ·v (a = ``rate``) from v(0) = v_end to v = 1
+    (module doc)."""
     if v_end >= 1.0:
         return 0.0
     if kappa == 0.0:
-        t = 1.0 - v_end
-    elif kappa >= 1.0:
-        t = np.inf  # the discharge saturates at 1/κ ≤ 1: threshold never reached
+        t = (1.0 - v_end) / rate
+    elif kappa >= rate:
+        t = np.inf  # the discharge saturates at a/κ ≤ 1: threshold never reached
     else:
-        t = (math.log1p(-kappa * v_end) - math.log1p(-kappa)) / kappa
+        r = kappa / rate
+        t = (math.log1p(-r * v_end) - math.log1p(-r)) / kappa
     if t > 1.0:
         return 1.0 if clipped else np.inf
     return t
-
-
-@njit(cache=True, inline="always")
-def _firing_slope(v_end, kappa):
-    """dt_out/dv(1) inside the firing window: −1/(1 − κ·v(1)) (implicit differentiation)."""
-    return -1.0 / (1.0 - kappa * v_end)
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ _PARALLEL_WORK = 1 << 18
 
 
 @njit(cache=True, error_model="numpy")
-def _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
+def _layer_sample(b, t_in, w, beta_w, leak, rate, kappa, clipped, t_out, v_end):
     """One sample of an RC-Spike layer: its input spikes sorted once, the closed form applied
     per interval between them, then the firing-phase crossing."""
     n_in = t_in.shape[1]
@@ -165,21 +165,21 @@ def _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
     for i in range(n_out):
         vi = _advance(v[i], f[i], g[i], dt)
         v_end[b, i] = vi
-        t_out[b, i] = _firing_time(vi, kappa, clipped)
+        t_out[b, i] = _firing_time(vi, rate, kappa, clipped)
 
 
 @njit(cache=True, parallel=True)
-def _layer_kernel(t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
+def _layer_kernel(t_in, w, beta_w, leak, rate, kappa, clipped, t_out, v_end):
     """:func:`_layer_sample` over a batch, one sample per thread (thread-count independent)."""
     for b in prange(t_in.shape[0]):
-        _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end)
+        _layer_sample(b, t_in, w, beta_w, leak, rate, kappa, clipped, t_out, v_end)
 
 
 @njit(cache=True)
-def _layer_kernel_serial(t_in, w, beta_w, leak, kappa, clipped, t_out, v_end):
+def _layer_kernel_serial(t_in, w, beta_w, leak, rate, kappa, clipped, t_out, v_end):
     """:func:`_layer_kernel` on the calling thread (same arithmetic, same bytes)."""
     for b in range(t_in.shape[0]):
-        _layer_sample(b, t_in, w, beta_w, leak, kappa, clipped, t_out, v_end)
+        _layer_sample(b, t_in, w, beta_w, leak, rate, kappa, clipped, t_out, v_end)
 
 
 @njit(cache=True, error_model="numpy")
@@ -292,57 +292,74 @@ def _check_layer(t_in, w, beta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t_in, w, beta
 
 
-def _check_phase(beta_fire: float, leak: float) -> float:
+def _check_phase(beta_fire: float, leak: float, fire_rate: float = 1.0) -> tuple[float, float]:
+    """(a, κ) of the firing phase dv/dt = a − κ·v, κ = a·β_fire + α."""
     if not (math.isfinite(beta_fire) and beta_fire >= 0):
         raise ValueError(f"beta_fire must be finite and >= 0, got {beta_fire}")
     if not (math.isfinite(leak) and leak >= 0):
         raise ValueError(f"leak must be finite and >= 0, got {leak}")
-    return float(beta_fire) + float(leak)
+    if not (math.isfinite(fire_rate) and fire_rate > 0):
+        raise ValueError(f"fire_rate must be finite and > 0, got {fire_rate}")
+    return float(fire_rate), float(fire_rate) * float(beta_fire) + float(leak)
+
+
+def calibrated_fire_rate(beta_fire: float) -> float:
+    """The discharge rate a = −ln(1 − β_fire)/β_fire (1 for β_fire = 0) with which a neuron
+    at v(1) = 0 reaches threshold exactly at the end of the firing phase: the choice of
+    Sakemi et al., App. A.2, Eqs. 82-85 (spike time ln((1 − β·v)/(1 − β))/(−ln(1 − β)))."""
+    if not 0.0 <= beta_fire < 1.0:
+        raise ValueError(f"beta_fire must be in [0, 1) to calibrate, got {beta_fire}")
+    return 1.0 if beta_fire == 0.0 else -math.log1p(-beta_fire) / beta_fire
 
 
 def layer_spike_times(t_in, w, beta, *, beta_fire: float = 0.0, leak: float = 0.0,
-                      clipped: bool = False, return_v_end: bool = False):
+                      fire_rate: float = 1.0, clipped: bool = False,
+                      return_v_end: bool = False):
     """Exact RC-Spike output spike times of one layer (normalised units, module doc).
 
     ``t_in`` (batch, N_in) input spike times in [0, 1] (np.inf: no spike); ``w``, ``beta``
     (N_in, N_out). Returns t_out (batch, N_out), measured from the start of the firing phase:
     in [0, 1], or np.inf for a neuron that does not reach threshold in the firing phase
     (1.0 instead with ``clipped``). With ``return_v_end`` also v(1), the membrane potential
-    at the end of the accumulation phase. Deterministic and independent of the thread count.
+    at the end of the accumulation phase. ``fire_rate`` a: the firing phase is
+    dv/dt = a·(1 − β_fire·v) − α·v. Deterministic and independent of the thread count.
     """
     t_in, w, beta = _check_layer(t_in, w, beta)
-    kappa = _check_phase(beta_fire, leak)
+    rate, kappa = _check_phase(beta_fire, leak, fire_rate)
     t_out = np.empty((t_in.shape[0], w.shape[1]))
     v_end = np.empty_like(t_out)
     kernel = _layer_kernel if t_in.size * w.shape[1] >= _PARALLEL_WORK else _layer_kernel_serial
-    kernel(t_in, w, np.ascontiguousarray(beta * w), float(leak), kappa, bool(clipped), t_out,
-           v_end)
+    kernel(t_in, w, np.ascontiguousarray(beta * w), float(leak), rate, kappa, bool(clipped),
+           t_out, v_end)
     return (t_out, v_end) if return_v_end else t_out
 
 
-def firing_times(v_end, *, beta_fire: float = 0.0, leak: float = 0.0,
+def firing_times(v_end, *, beta_fire: float = 0.0, leak: float = 0.0, fire_rate: float = 1.0,
                  clipped: bool = False) -> np.ndarray:
     """Spike times of the firing phase from v(1) (numpy; the rule of the module doc)."""
-    kappa = _check_phase(beta_fire, leak)
+    rate, kappa = _check_phase(beta_fire, leak, fire_rate)
     v = np.asarray(v_end, dtype=np.float64)
     if kappa == 0.0:
-        t = 1.0 - v
-    elif kappa >= 1.0:
+        t = (1.0 - v) / rate
+    elif kappa >= rate:
         t = np.full_like(v, np.inf)
     else:
+        r = kappa / rate
         with np.errstate(invalid="ignore"):
-            t = (np.log1p(-kappa * v) - np.log1p(-kappa)) / kappa
+            t = (np.log1p(-r * v) - np.log1p(-r)) / kappa
     t = np.where(v >= 1.0, 0.0, t)
     return np.where(t > 1.0, 1.0 if clipped else np.inf, t)
 
 
-def firing_time_slope(v_end, *, beta_fire: float = 0.0, leak: float = 0.0) -> np.ndarray:
-    """dt_out/dv(1) of the clipped firing time: −1/(1 − κ·v(1)) where 0 < t_out < 1, else 0."""
-    kappa = _check_phase(beta_fire, leak)
+def firing_time_slope(v_end, *, beta_fire: float = 0.0, leak: float = 0.0,
+                      fire_rate: float = 1.0) -> np.ndarray:
+    """dt_out/dv(1) of the clipped firing time, by implicit differentiation of v(t_out) = 1:
+    −1/(a − κ·v(1)) where 0 < t_out < 1, else 0."""
+    rate, kappa = _check_phase(beta_fire, leak, fire_rate)
     v = np.asarray(v_end, dtype=np.float64)
-    t = firing_times(v, beta_fire=beta_fire, leak=leak, clipped=True)
+    t = firing_times(v, beta_fire=beta_fire, leak=leak, fire_rate=fire_rate, clipped=True)
     inside = (t > 0.0) & (t < 1.0)
-    return np.where(inside, -1.0 / np.where(inside, 1.0 - kappa * v, 1.0), 0.0)
+    return np.where(inside, -1.0 / np.where(inside, rate - kappa * v, 1.0), 0.0)
 
 
 def layer_gradients(t_in, w, beta, grad_v_end, *, leak: float = 0.0
@@ -368,7 +385,8 @@ def layer_gradients(t_in, w, beta, grad_v_end, *, leak: float = 0.0
 
 
 def layer_spike_times_numpy(t_in, w, beta, *, beta_fire: float = 0.0, leak: float = 0.0,
-                            clipped: bool = False, return_v_end: bool = False):
+                            fire_rate: float = 1.0, clipped: bool = False,
+                            return_v_end: bool = False):
     """The same closed form as :func:`layer_spike_times` in plain numpy: vectorised over
     samples and neurons, one Python step per input event. Test reference and benchmark
     baseline."""
@@ -398,12 +416,14 @@ def layer_spike_times_numpy(t_in, w, beta, *, beta_fire: float = 0.0, leak: floa
     with np.errstate(invalid="ignore", divide="ignore"):
         phi = np.where(x == 0.0, 1.0, -np.expm1(-x) / x)
     v = v * np.exp(-x) + g * dt * phi
-    t_out = firing_times(v, beta_fire=beta_fire, leak=leak, clipped=clipped)
+    t_out = firing_times(v, beta_fire=beta_fire, leak=leak, fire_rate=fire_rate,
+                         clipped=clipped)
     return (t_out, v) if return_v_end else t_out
 
 
 def network_spike_times(t_in, layers, *, beta_fire: float = 0.0, leak: float = 0.0,
-                        clipped: bool = False, return_all: bool = False):
+                        fire_rate: float = 1.0, clipped: bool = False,
+                        return_all: bool = False):
     """Spike times through a stack ``layers = [(w, beta), ...]``: each layer's output times
     (from the start of its firing phase) are the next layer's input times (the next layer's
     accumulation phase is this layer's firing phase). Returns the last layer's times, or
@@ -413,17 +433,18 @@ def network_spike_times(t_in, layers, *, beta_fire: float = 0.0, leak: float = 0
     out = []
     t = t_in
     for w, beta in layers:
-        t = layer_spike_times(t, w, beta, beta_fire=beta_fire, leak=leak, clipped=clipped)
+        t = layer_spike_times(t, w, beta, beta_fire=beta_fire, leak=leak, fire_rate=fire_rate,
+                              clipped=clipped)
         out.append(t)
     return out if return_all else out[-1]
 
 
 def membrane_potential(t_in_row, w, beta, t_eval, *, beta_fire: float = 0.0,
-                       leak: float = 0.0) -> np.ndarray:
+                       leak: float = 0.0, fire_rate: float = 1.0) -> np.ndarray:
     """v(t) of every output neuron of one sample at times ``t_eval`` in [0, 2], closed form.
 
     [0, 1) is the accumulation phase, [1, 2] the firing phase (t − 1 from its start). The
-    firing-phase equation dv/dt = 1 − κ·v holds for the whole phase: the membrane keeps
+    firing-phase equation dv/dt = a − κ·v holds for the whole phase: the membrane keeps
     moving after the spike (the sensing inverter only reports the crossing); the spike time
     is where this trajectory crosses 1. Returns (len(t_eval), N_out).
     """
@@ -431,7 +452,7 @@ def membrane_potential(t_in_row, w, beta, t_eval, *, beta_fire: float = 0.0,
     if t_in_row.ndim != 1:
         raise ValueError(f"t_in_row must be 1-D (inputs,), got shape {t_in_row.shape}")
     t_in, w, beta = _check_layer(t_in_row[None, :], w, beta)
-    kappa = _check_phase(beta_fire, leak)
+    rate, kappa = _check_phase(beta_fire, leak, fire_rate)
     t_eval = np.asarray(t_eval, dtype=np.float64)
     if t_eval.ndim != 1 or np.isnan(t_eval).any() or (t_eval < 0).any() or (t_eval > 2).any():
         raise ValueError("t_eval: times must be a 1-D array in [0, 2]")
@@ -455,7 +476,7 @@ def membrane_potential(t_in_row, w, beta, t_eval, *, beta_fire: float = 0.0,
     k = np.searchsorted(starts, t_eval[acc], side="right") - 1
     out[acc] = _advance_np(v_start[k], f_int[k], g_int[k], (t_eval[acc] - starts[k])[:, None])
     s = (t_eval[~acc] - 1.0)[:, None]
-    out[~acc] = _advance_np(v_end[None, :], kappa, 1.0, s)
+    out[~acc] = _advance_np(v_end[None, :], kappa, rate, s)
     return out
 
 

@@ -76,7 +76,9 @@ class SpikingConfig:
     ``tau_soft`` softmax temperature (T); ``gamma1``, ``t_ref`` (T) temporal penalty;
     ``dstd_steps`` M (Δτ = 1/M); ``spike_noise`` std of training spike-time noise (T);
     ``e_plus``, ``e_minus``, ``e_dis`` reversal potentials of the bottom-up model (units of
-    V_swing); ``leak`` α (1/T); ``init_mean``, ``init_std``: initial weights
+    V_swing); ``fire_rate`` "unit" (discharge rate 1 at the reset level) or "calibrated"
+    (their App. A.2: v(1) = 0 fires at the end of the phase, :func:`model_fire_rate`);
+    ``leak`` α (1/T); ``init_mean``, ``init_std``: initial weights
     (:func:`init_layers`) put v(1) near init_mean ± init_std at the start; ``pool``
     side of the average pooling of the 8×8 digits; ``split_seed`` of the train/test split;
     ``seed`` of everything else.
@@ -100,7 +102,8 @@ class SpikingConfig:
     spike_noise: float = 0.01
     e_plus: float = 2.80
     e_minus: float = -1.53
-    e_dis: float = 6.4
+    e_dis: float = 6.44
+    fire_rate: str = "unit"
     leak: float = 0.0
     init_mean: float = 0.5
     init_std: float = 0.3
@@ -112,7 +115,8 @@ class SpikingConfig:
 @dataclass
 class TrainedSpikingNet:
     """A trained network: ``layers`` [(w, beta), ...] (N_in, N_out) in normalised units (the
-    β of the model it was trained for), ``beta_fire`` and ``leak`` of that model, the
+    β of the model it was trained for), ``beta_fire``, ``leak`` and ``fire_rate`` of that
+    model's firing phase (:func:`imcsim.physics.spiking.layer_spike_times`), the
     per-epoch ``history``, and the settings."""
 
     layers: list[tuple[np.ndarray, np.ndarray]]
@@ -122,6 +126,12 @@ class TrainedSpikingNet:
     leak: float
     config: SpikingConfig
     history: dict = field(default_factory=lambda: {"loss": [], "accuracy": []})
+    fire_rate: float = 1.0
+
+    @property
+    def phase(self) -> dict:
+        """The firing-phase keywords of the physics.spiking functions for this model."""
+        return {"beta_fire": self.beta_fire, "leak": self.leak, "fire_rate": self.fire_rate}
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -132,12 +142,12 @@ class TrainedSpikingNet:
         cfg = cfg or self.config
         layers = [(w, model_beta(w, model, cfg)) for w in self.weights]
         return TrainedSpikingNet(layers, model, self.method, model_beta_fire(model, cfg),
-                                 cfg.leak, cfg, self.history)
+                                 cfg.leak, cfg, self.history, model_fire_rate(model, cfg))
 
     def spike_times(self, t_in: np.ndarray, return_all: bool = False):
         """Exact spike times of every (or the last) layer for input times ``t_in``."""
-        return core.network_spike_times(t_in, self.layers, beta_fire=self.beta_fire,
-                                        leak=self.leak, return_all=return_all)
+        return core.network_spike_times(t_in, self.layers, return_all=return_all,
+                                        **self.phase)
 
     def predict(self, t_in: np.ndarray) -> np.ndarray:
         """Class of each sample: the earliest output spike (ties: lowest index)."""
@@ -147,11 +157,12 @@ class TrainedSpikingNet:
         return float(np.mean(self.predict(t_in) == np.asarray(y)))
 
 
-def predict(layers, t_in: np.ndarray, *, beta_fire: float = 0.0, leak: float = 0.0
-            ) -> np.ndarray:
+def predict(layers, t_in: np.ndarray, *, beta_fire: float = 0.0, leak: float = 0.0,
+            fire_rate: float = 1.0) -> np.ndarray:
     """Class of each sample of input times ``t_in`` on the exact core of ``layers``
     [(w, beta), ...]: the earliest output spike (ties and all-silent: lowest index)."""
-    t_out = core.network_spike_times(t_in, layers, beta_fire=beta_fire, leak=leak)
+    t_out = core.network_spike_times(t_in, layers, beta_fire=beta_fire, leak=leak,
+                                     fire_rate=fire_rate)
     return np.argmin(t_out, axis=1).astype(np.int64)
 
 
@@ -179,7 +190,7 @@ def load_trained(path, model: str, method: str, seed_index: int = 0, run: str | 
                    for name in ("loss", "accuracy")}
     cfg = section.config(seeds[seed_index])
     net = TrainedSpikingNet(layers, model, method, model_beta_fire(model, cfg), cfg.leak, cfg,
-                            history)
+                            history, model_fire_rate(model, cfg))
     return net, t_test, y_test
 
 
@@ -226,6 +237,14 @@ def model_beta_fire(model: str, cfg: SpikingConfig) -> float:
     return 0.0 if model == "top_down" else 1.0 / cfg.e_dis
 
 
+def model_fire_rate(model: str, cfg: SpikingConfig) -> float:
+    """Discharge rate a of the firing phase: 1, or with ``fire_rate = "calibrated"`` the
+    paper's a = −ln(1 − β_fire)/β_fire (their App. A.2; 1 for the top-down model)."""
+    if cfg.fire_rate == "unit":
+        return 1.0
+    return core.calibrated_fire_rate(model_beta_fire(model, cfg))
+
+
 def init_layers(cfg: SpikingConfig, t_sample: np.ndarray, model: str) -> list[np.ndarray]:
     """Initial weights, layer by layer: w = (init_mean + init_std·√N_in·ξ)/(N_in·x̄), ξ ~ N(0, 1)
     and x̄ = mean(1 − t) the activity of the layer's inputs on ``t_sample`` (training inputs
@@ -243,6 +262,7 @@ def init_layers(cfg: SpikingConfig, t_sample: np.ndarray, model: str) -> list[np
         weights.append(w)
         t = core.layer_spike_times(t, w, model_beta(w, model, cfg),
                                    beta_fire=model_beta_fire(model, cfg), leak=cfg.leak,
+                                   fire_rate=model_fire_rate(model, cfg),
                                    clipped=True)
     return weights
 
@@ -372,7 +392,8 @@ def loss_and_grad(weights: list[np.ndarray], t_in: np.ndarray, y: np.ndarray, mo
     """Cost of a minibatch and its gradient with respect to every layer's w; also the output
     spike times. ``offsets``: one DSTD offset per layer (``dstd``); ``noise_rng`` draws the
     training spike noise (None: none)."""
-    beta_fire = model_beta_fire(model, cfg)
+    phase = {"beta_fire": model_beta_fire(model, cfg), "leak": cfg.leak,
+             "fire_rate": model_fire_rate(model, cfg)}
     caches = []
     t = t_in
     for layer, w in enumerate(weights):
@@ -382,11 +403,11 @@ def loss_and_grad(weights: list[np.ndarray], t_in: np.ndarray, y: np.ndarray, mo
                                   cache=True)
         else:
             t_clean = np.minimum(t, 1.0)
-            _, v_end = core.layer_spike_times(t_clean, w, beta, beta_fire=beta_fire,
-                                              leak=cfg.leak, clipped=True, return_v_end=True)
+            _, v_end = core.layer_spike_times(t_clean, w, beta, clipped=True,
+                                              return_v_end=True, **phase)
             c = t_clean
-        t_next = core.firing_times(v_end, beta_fire=beta_fire, leak=cfg.leak, clipped=True)
-        slope = core.firing_time_slope(v_end, beta_fire=beta_fire, leak=cfg.leak)
+        t_next = core.firing_times(v_end, clipped=True, **phase)
+        slope = core.firing_time_slope(v_end, **phase)
         t_next, slope = _noisy(t_next, slope, noise_rng, cfg.spike_noise)
         caches.append((w, beta, c, slope))
         t = t_next
@@ -436,7 +457,8 @@ def _train(cfg, model, method, data, progress):
     m1 = [np.zeros_like(w) for w in weights]
     m2 = [np.zeros_like(w) for w in weights]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    net = TrainedSpikingNet([], model, method, model_beta_fire(model, cfg), cfg.leak, cfg)
+    net = TrainedSpikingNet([], model, method, model_beta_fire(model, cfg), cfg.leak, cfg,
+                            fire_rate=model_fire_rate(model, cfg))
     step = 0
     n = data.x_train.shape[0]
     delta = 1.0 / cfg.dstd_steps
@@ -583,6 +605,6 @@ class SpikingRun:
                 for k, (wk, bk) in enumerate(net.layers):
                     w.append(f"membrane_{model}_layer{k}", t_end,
                              core.membrane_potential(t_in, wk, bk, self.membrane_t,
-                                                     beta_fire=net.beta_fire, leak=net.leak))
+                                                     **net.phase))
                     t_in = times[0][k][0]
             w.flush()

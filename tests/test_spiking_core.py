@@ -10,7 +10,7 @@ from scipy.integrate import solve_ivp
 
 from imcsim.physics import spiking as sp
 
-E_PLUS, E_MINUS, E_DIS = 2.80, -1.53, 6.4  # Sakemi et al.'s sky130 circuit (normalised)
+E_PLUS, E_MINUS, E_DIS = 2.80, -1.53, 6.44  # Sakemi et al.'s sky130 circuit (normalised)
 
 
 def _layer(seed, n_in=6, n_out=4, batch=1, mean=0.15, std=0.5):
@@ -20,9 +20,9 @@ def _layer(seed, n_in=6, n_out=4, batch=1, mean=0.15, std=0.5):
     return t_in, w
 
 
-def _ode_reference(t_row, w, beta, t_eval, beta_fire, leak):
+def _ode_reference(t_row, w, beta, t_eval, beta_fire, leak, rate=1.0):
     """v(t) of every neuron by DOP853 on dv/dt = −α·v + Σ w(1 − βv)θ(t − t_j) for t < 1 and
-    1 − (β_fire + α)·v for 1 ≤ t ≤ 2, integrated piece by piece between the input events
+    a·(1 − β_fire·v) − α·v for 1 ≤ t ≤ 2, integrated piece by piece between the input events
     (where the right-hand side jumps), and the firing-phase crossing of v = 1 found by the
     solver's event location (np.inf: none)."""
     n_out = w.shape[1]
@@ -41,7 +41,7 @@ def _ode_reference(t_row, w, beta, t_eval, beta_fire, leak):
                 on = t_row <= 0.5 * (a + b)  # the inputs switched on in this piece
                 g, f = np.sum(w[on, i]), leak + np.sum(beta[on, i] * w[on, i])
             else:
-                g, f = 1.0, leak + beta_fire
+                g, f = rate, leak + rate * beta_fire
             sol = solve_ivp(lambda t, yy, g=g, f=f: [g - f * yy[0]], (a, b), [y],
                             method="DOP853", rtol=1e-12, atol=1e-14, dense_output=True,
                             events=crossing if a >= 1.0 else None)
@@ -56,9 +56,10 @@ def _ode_reference(t_row, w, beta, t_eval, beta_fire, leak):
     return v, t_spike
 
 
-@pytest.mark.parametrize("model, leak", [("bottom_up", 0.0), ("top_down", 0.0),
-                                         ("bottom_up", 0.3), ("top_down", 0.3)])
-def test_closed_form_trajectory_and_spike_times_match_solve_ivp(model, leak):
+@pytest.mark.parametrize("model, leak, rate", [
+    ("bottom_up", 0.0, 1.0), ("top_down", 0.0, 1.0), ("bottom_up", 0.3, 1.0),
+    ("top_down", 0.3, 1.0), ("bottom_up", 0.0, 1.3)])
+def test_closed_form_trajectory_and_spike_times_match_solve_ivp(model, leak, rate):
     t_in, w = _layer(3, n_in=7, n_out=5, mean=0.3, std=0.4)
     t_in[0, 2] = np.inf  # an input that never spikes
     t_in[0, 4] = t_in[0, 1]  # two simultaneous inputs
@@ -67,10 +68,11 @@ def test_closed_form_trajectory_and_spike_times_match_solve_ivp(model, leak):
     else:
         beta, beta_fire = np.zeros_like(w), 0.0
     t_eval = np.linspace(0.0, 2.0, 41)[1:]
-    v_ode, spikes_ode = _ode_reference(t_in[0], w, beta, t_eval, beta_fire, leak)
-    v = sp.membrane_potential(t_in[0], w, beta, t_eval, beta_fire=beta_fire, leak=leak)
+    v_ode, spikes_ode = _ode_reference(t_in[0], w, beta, t_eval, beta_fire, leak, rate)
+    phase = {"beta_fire": beta_fire, "leak": leak, "fire_rate": rate}
+    v = sp.membrane_potential(t_in[0], w, beta, t_eval, **phase)
     np.testing.assert_allclose(v, v_ode, rtol=1e-6, atol=1e-10)
-    t_out = sp.layer_spike_times(t_in, w, beta, beta_fire=beta_fire, leak=leak)[0]
+    t_out = sp.layer_spike_times(t_in, w, beta, **phase)[0]
     assert np.sum((t_out > 0) & (t_out < 1)) >= 2  # the check below compares crossings
     np.testing.assert_array_equal(np.isfinite(t_out), np.isfinite(spikes_ode))
     fired = np.isfinite(t_out) & (t_out > 0)
@@ -130,7 +132,16 @@ def test_firing_rule_for_early_late_and_missing_spikes():
     # A discharger with a reversal potential E_dis: the crossing of v(t) = E − (E − v₀)e^{−t/E}.
     t = sp.firing_times(np.array([0.25]), beta_fire=1 / E_DIS)[0]
     assert E_DIS - (E_DIS - 0.25) * np.exp(-t / E_DIS) == pytest.approx(1.0, abs=1e-14)
-    # κ ≥ 1: the discharge saturates at or below threshold.
+    # Their App. A.2 discharge (Eq. 85): v(1) = 0 fires exactly as the phase ends.
+    beta = 1 / E_DIS
+    rate = sp.calibrated_fire_rate(beta)
+    v0 = np.array([0.0, 0.4, -0.05])
+    eq85 = (np.log(1 - beta) - np.log(1 - beta * v0)) / np.log(1 - beta)
+    t = sp.firing_times(v0, beta_fire=beta, fire_rate=rate)
+    np.testing.assert_allclose(t[:2], eq85[:2], rtol=1e-13)
+    assert np.isinf(t[2]) and eq85[2] > 1.0
+    assert sp.calibrated_fire_rate(0.0) == 1.0
+    # κ ≥ a: the discharge saturates at or below threshold.
     assert np.isinf(sp.firing_times(np.array([0.9]), beta_fire=1.0)[0])
     assert sp.firing_times(np.array([0.9]), beta_fire=1.0, clipped=True)[0] == 1.0
 
