@@ -40,10 +40,13 @@ def format_accuracy_table(rows: list[dict]) -> list[str]:
              f"{rows[0]['epochs']} epochs, exact event-driven core",
              f"  {'trained for':<12}{'method':<8}{'on its own model':>18}{'on the other':>16}"
              f"{'change':>9}"]
+    def spread(std):
+        return f"{100 * std:4.2f}" if np.isfinite(std) else "  --"
+
     for r in rows:
         lines.append(f"  {r['model']:<12}{r['method']:<8}"
-                     f"{100 * r['own_mean']:>11.2f} ± {100 * r['own_std']:4.2f}"
-                     f"{100 * r['other_mean']:>9.2f} ± {100 * r['other_std']:4.2f}"
+                     f"{100 * r['own_mean']:>11.2f} ± {spread(r['own_std'])}"
+                     f"{100 * r['other_mean']:>9.2f} ± {spread(r['other_std'])}"
                      f"{100 * (r['other_mean'] - r['own_mean']):>+9.2f}")
     lines.append("  other model: top_down weights run on the bottom_up core (reversal potentials), "
                  "and vice versa")

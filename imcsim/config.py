@@ -590,8 +590,9 @@ class TrainingSection:
 @dataclass(frozen=True)
 class SpikingSection:
     """Charge-domain spiking IMC core study (scenarios.spiking, Sakemi et al., arXiv
-    2412.09010): an RC-Spike network 16-``hidden``-10 on scikit-learn's digits (8×8 averaged
-    over ``pool``×``pool`` blocks, split by ``split_seed``), time-coded t = τ_in·(1 − x),
+    2412.09010): an RC-Spike network 16-``hidden``-10 (``hidden = []``: one layer 16-10) on
+    scikit-learn's digits (8×8 averaged over ``pool``×``pool`` blocks, split by
+    ``split_seed``), time-coded t = τ_in·(1 − x),
     trained for each of ``models`` ("bottom_up": synapses with reversal potentials
     ``e_plus`` > 0 > ``e_minus`` and a discharger with ``e_dis`` > 1; "top_down": the ideal
     core, all β = 0) by each of ``methods`` ("dstd" with ``dstd_steps`` M; "exact") for each
@@ -635,8 +636,9 @@ class SpikingSection:
             _positive(where, name, getattr(self, name))
         for name in ("gamma1", "spike_noise", "leak", "init_std"):
             _positive(where, name, getattr(self, name), strict=False)
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise InputError(f"{where}.hidden: needs layer sizes > 0")
+        if any(h <= 0 for h in self.hidden):
+            raise InputError(f"{where}.hidden: layer sizes must be > 0 ([] for no hidden "
+                             "layer)")
         if not 0.0 < self.tau_in <= 1.0:
             raise InputError(f"{where}.tau_in: must be in (0, 1] (T), got {self.tau_in}")
         if not 0.0 <= self.t_ref <= 1.0:

@@ -189,6 +189,14 @@ def test_same_bytes_with_one_and_two_threads(tmp_path, restore_threads, read_dat
     assert read_datasets(files[0]) == read_datasets(files[1])
 
 
+def test_single_layer_network_is_a_valid_study():
+    loaded = parse_scenario(TINY.replace("hidden = [6]", "hidden = []"))
+    assert loaded.scenario.spiking.config(0).hidden == ()
+    cfg = loaded.scenario.spiking.config(0)
+    weights = ss.init_layers(cfg, ss.load_data(cfg).x_train[:32], "top_down")
+    assert [w.shape for w in weights] == [(16, 10)]
+
+
 def test_shipped_scenario_runs_end_to_end_on_a_tiny_setting(tmp_path):
     text = SHIPPED.read_text()
     loaded = parse_scenario(text)
