@@ -7,7 +7,8 @@ same core:
 
 * ``bottom_up``: the circuit's synapses have reversal potentials, β = 1/E₊ for w ≥ 0 and
   1/E₋ for w < 0 (their sky130 values E₊ = 2.80, E₋ = −1.53), and the discharger of the
-  firing phase has E_dis ≈ 6.4 (β_fire = 1/E_dis);
+  firing phase has E_dis = 6.44 (β_fire = 1/E_dis, their Table 2), discharging at rate 1
+  at the reset level or, with ``fire_rate = "calibrated"``, at their App. A.2 rate;
 * ``top_down``: the ideal core, β = 0 and β_fire = 0 (v(1) = Σ w·(1 − t_j), t = 1 − v(1)).
 
 Data: scikit-learn's bundled digits, 8×8 pixels averaged over 2×2 blocks to 4×4 = 16 inputs
