@@ -56,14 +56,18 @@ PFET = "sky130_fd_pr__pfet_01v8"
 class Parasitics:
     """Layout-style wire parasitics per synapse-cell pitch (SI units).
 
-    Sheet resistances are the sky130 typical values for metal1 and metal2, 0.125 Ω/□ each
-    (SkyWater sky130 PDK documentation, "Metal stack" / rules tables); minimum width 0.14 µm.
-    The wire capacitance 0.12 fF/µm (area + fringe to substrate and neighbours for a minimum
-    width line) is an ASSUMPTION of the order of what the sky130 extraction rules give for
-    met1/met2 over field oxide, not a value from the paper. The cell pitches (4 µm along the
-    bit line, 6 µm along the word line: four 1 µm / 0.25 µm devices with contacts and wells)
-    are ASSUMPTIONS for a compact synapse block; the paper's synapse block is not dimensioned.
+    Source of the per-unit values: the sky130 technology LEF of the standard-cell library
+    (``sky130_fd_sc_hd.tlef``): metal1 and metal2 both RPERSQ 0.125 Ω/□ at the minimum width
+    0.14 µm; capacitance to substrate CPERSQDIST 25.8 / 16.9 aF/µm² and EDGECAPACITANCE
+    40.6 / 37.8 aF/µm (met1 / met2), i.e. 0.085 / 0.078 fF/µm for a minimum-width line. We
+    use 0.12 fF/µm to add the coupling to the neighbouring lines of a dense array (an
+    ASSUMPTION, ~40 % over the substrate value). The cell pitches (4 µm along the bit line,
+    6 µm along the word line: four 1 µm / 0.25 µm devices with contacts and an n-well) are
+    ASSUMPTIONS for a compact synapse block; the paper does not dimension its block.
     ``neuron_wire_c_f`` is the routing from the array to the MIM capacitor (assumption).
+    Per cell this gives R = 3.6 Ω and C = 0.48 fF on the bit line (metal2), R = 5.4 Ω and
+    C = 0.72 fF on a word line (metal1). Vias are not modelled (a few Ω each, against
+    transistor resistances of tens of kΩ and more).
     """
 
     cell_pitch_bitline_m: float = 4.0e-6
