@@ -48,6 +48,11 @@ def table_lines(metrics: dict, char: dict, options: dict) -> list[str]:
         f"{char['E_n_at_w0.2']:.3f}, E- {char['E_p_at_w0.05']:.3f} / "
         f"{char['E_p_at_w0.1']:.3f} / {char['E_p_at_w0.2']:.3f} (at w = 0.05 / 0.1 / 0.2); "
         f"E_dis {char['E_dis']:.3f} at V_dis {char['v_dis_bias_v']:.4f} V",
+        f"  linear fit I = g(V - V_E) over v in [-0.2, 1.05], worst deviation over w in "
+        f"[0.01, 0.5]: nfet {100 * char['fit_max_rel_dev_n']:.2f} %, pfet "
+        f"{100 * char['fit_max_rel_dev_p']:.2f} % of I(V_0) (near threshold, v > 0.8: "
+        f"{100 * char['fit_max_rel_dev_near_threshold_n']:.2f} %, "
+        f"{100 * char['fit_max_rel_dev_near_threshold_p']:.2f} %)",
         f"  switching packets at w = 0.1: nfet on {char['q_on_n_at_w0.1_c'] * 1e15:+.3f} fC, "
         f"off {char['q_off_n_at_w0.1_c'] * 1e15:+.3f} fC; pfet on "
         f"{char['q_on_p_at_w0.1_c'] * 1e15:+.3f} fC, off {char['q_off_p_at_w0.1_c'] * 1e15:+.3f}"
