@@ -672,30 +672,38 @@ class SpikingSection:
 
 
 INFERENCE_METHODS = ("float", "sgd_maxabs", "sgd_percentile", "sgd_fixed2", "noise", "hasgd",
-                     "afp", "afp_hasgd", "pto_sgd", "pto_noise")
+                     "afp", "afp_hasgd", "pto_sgd", "pto_noise", "sgd_mse_clip",
+                     "pto_sgd_oracle", "pto_sgd_chip_oracle")
 
 
 @dataclass(frozen=True)
 class PTOSection:
     """Post-training range optimisation (scenarios.pto): Adam on the logarithms of the column
-    scales and DAC ranges, ``iterations`` steps of learning rate ``lr`` on fresh device
-    draws at the deployment time ``t_target`` (s); the best of the start and every
-    ``check_every``-th step on ``eval_draws`` fixed draws is kept. ``loss``:
-    "cross_entropy" (labels of the calibration set) or "logit_mse" (output error against
-    the float network); ``parameters``: "both", "columns" (column scales) or "dac" (DAC
-    ranges only), for ablations."""
+    scales and DAC ranges, ``iterations`` steps of learning rate ``lr`` (decayed to 0 on a
+    half cosine, ``schedule`` "cosine", or "constant"), each on the mean gradient of
+    ``draws_per_step`` fresh device draws at the deployment time ``t_target`` (s); the best
+    of the start and every ``check_every``-th step on ``eval_draws`` fixed draws (common to
+    all candidates) is kept, and ``holdout_draws`` further draws (0: none) estimate its gain
+    without the selection's bias. ``loss``: "cross_entropy" (labels of the calibration set)
+    or "logit_mse" (output error against the float network); ``parameters``: "both",
+    "columns" (column scales) or "dac" (DAC ranges only), for ablations."""
 
     iterations: int = 150
     lr: float = 0.03
     t_target: float = 86400.0
-    eval_draws: int = 4
+    draws_per_step: int = 4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    eval_draws: int = 128
+    holdout_draws: int = 128
     check_every: int = 25
     loss: Literal["cross_entropy", "logit_mse"] = "cross_entropy"
     parameters: Literal["both", "columns", "dac"] = "both"
 
     def validate(self, where):
-        for name in ("iterations", "lr", "t_target", "eval_draws", "check_every"):
+        for name in ("iterations", "lr", "t_target", "draws_per_step", "eval_draws",
+                     "check_every"):
             _positive(where, name, getattr(self, name))
+        _positive(where, "holdout_draws", self.holdout_draws, strict=False)
 
     def settings(self):
         from imcsim.scenarios.pto import PTOSettings

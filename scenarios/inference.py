@@ -440,12 +440,23 @@ NEEDS = {
                "drift, 1/f read noise), deployment time, tile partitioning; 256 labelled "
                "calibration images; nothing at training time",
     "pto_noise": "everything of pto_sgd, plus the device noise model at training time",
+    "sgd_mse_clip": "device noise model sigma(g) at the deployment time (per-column clipping "
+                    "that minimises the expected weight error); tile size; calibration inputs",
+    "pto_sgd_oracle": "DIAGNOSTIC, not a method: PTO on SGD as pto_sgd but with the TEST "
+                      "images and labels as its calibration set (the most a chip-agnostic "
+                      "range choice can buy)",
+    "pto_sgd_chip_oracle": "DIAGNOSTIC, unphysical ceiling: PTO on the evaluated chip's own "
+                           "devices and read against the TEST labels, a reprogrammed device "
+                           "assumed to repeat its programming error",
 }
 
 # The trained network each method starts from.
 TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_percentile": "sgd",
                "sgd_fixed2": "sgd", "afp": "sgd", "pto_sgd": "sgd", "noise": "noise",
-               "pto_noise": "noise", "hasgd": "hasgd", "afp_hasgd": "hasgd_afp"}
+               "pto_noise": "noise", "hasgd": "hasgd", "afp_hasgd": "hasgd_afp",
+               "sgd_mse_clip": "sgd", "pto_sgd_oracle": "sgd", "pto_sgd_chip_oracle": "sgd"}
+# PTO on device draws of its own (never the evaluated chip's); the oracle on the test set
+PTO_METHODS = ("pto_sgd", "pto_noise", "pto_sgd_oracle")
 _STREAM_PTO = 70  # PTO's device draws: never the devices of an evaluated chip
 
 
@@ -491,6 +502,9 @@ class InferenceRun:
         if stat.kind != "joshi2020" and any(m.startswith("pto") for m in sec.methods):
             raise InputError("device.model: PTO's differentiable device model implements "
                              "'joshi2020' only")
+        if "pto_sgd_chip_oracle" in sec.methods and sec.pto.t_target not in sec.times:
+            raise InputError("inference.pto.t_target: the chip oracle needs it among "
+                             "inference.times")
         self.hw = Hardware(stat=stat, periphery=per.periphery(), tile_rows=sec.tile_rows,
                            tile_cols=sec.tile_cols, t_calibrate=sec.t_calibrate)
         self.pto_seed = int(rng.stream_key(np.uint64(seed), np.uint64(_STREAM_PTO))
@@ -508,7 +522,7 @@ class InferenceRun:
                                                     hidden=tuple(sec.hidden),
                                                     channels=sec.channels, seed=0)
                        for a in sec.architectures}
-        n_pto = sum(m.startswith("pto") for m in sec.methods)
+        n_pto = sum(m in PTO_METHODS for m in sec.methods)
         n_eval = sum(m != "float" for m in sec.methods) * len(sec.device_seeds)
         self.n_steps = len(sec.architectures) * (len(self.trainings) + n_pto + n_eval)
         self.writer = None
@@ -554,7 +568,7 @@ class InferenceRun:
                                      n=sec.epochs, time_units="epoch",
                                      time_description="epochs completed")
             for method in sec.methods:
-                if not method.startswith("pto"):
+                if method not in PTO_METHODS:
                     continue
                 for k, tile in enumerate(self._pto_tiles(arch)):
                     w.declare_series(f"pto_{arch}_{method}_tile{k}_scale", (tile.n_cols,), "f8",
@@ -570,15 +584,40 @@ class InferenceRun:
                                  time_units="1", time_description="0 start, 1 optimised")
                 w.declare_series(f"pto_{arch}_{method}_objective", (), "f8", "1",
                                  f"{arch}, {method}: PTO objective (cross-entropy of the "
-                                 "calibration set through the tile model) on each "
-                                 "iteration's device draws", n=sec.pto.iterations,
+                                 "calibration set, the test set for pto_sgd_oracle, through "
+                                 "the tile model), mean over each iteration's device draws",
+                                 n=sec.pto.iterations,
                                  time_units="iteration", time_description="PTO iteration")
                 w.declare_metric(f"pto_{arch}_{method}_objective_start", "1",
                                  "PTO objective on the fixed evaluation draws at the start")
                 w.declare_metric(f"pto_{arch}_{method}_objective_best", "1",
                                  "PTO objective on the fixed evaluation draws, returned ranges")
+                n_checks = 1 + -(-sec.pto.iterations // sec.pto.check_every)
+                w.declare_series(f"pto_{arch}_{method}_checkpoints", (3,), "f8", "1",
+                                 f"{arch}, {method}: at each checkpoint, on the "
+                                 f"{sec.pto.eval_draws} fixed evaluation draws: mean "
+                                 "objective J, J - J(start) (paired, common draws), and the "
+                                 "standard error of that difference", n=n_checks,
+                                 time_units="iteration", time_description="PTO iteration")
+                for what, desc in (
+                        ("start_spread", "std of the objective over single evaluation draws "
+                                         "at the start (selection noise per draw)"),
+                        ("holdout_start", "objective at the start on the hold-out draws "
+                                          "(never used to choose)"),
+                        ("holdout_best", "objective of the returned ranges on the hold-out "
+                                         "draws: the gain without selection bias"),
+                        ("holdout_sem", "paired standard error of holdout_best - "
+                                        "holdout_start")):
+                    w.declare_metric(f"pto_{arch}_{method}_{what}", "1", f"{arch}, {method}: "
+                                     + desc)
+            if "sgd_mse_clip" in sec.methods:
+                w.declare_metric(f"mse_clip_weight_error_ratio_{arch}", "1",
+                                 f"{arch}: rms weight error (clipping + device noise model at "
+                                 "t_train) of the SGD network at the MSE-optimal column scales "
+                                 "over that at max-abs scales (pto.mse_clip_scales): the most "
+                                 "a column range can shrink the weight error")
             for method in sec.methods:
-                if method != "float" and not method.startswith("pto"):
+                if method not in ("float", "sgd_mse_clip") and not method.startswith("pto"):
                     w.declare_metric(f"predicted_weight_error_{arch}_{method}", "1",
                                      f"{arch}, {method}: sqrt(sum sigma_i^2 / sum w_i^2) of "
                                      "the device noise model at t_train under the method's "
@@ -623,6 +662,36 @@ class InferenceRun:
                         hessian=sec.hessian, probes=sec.probes,
                         penalty_mode=sec.penalty_mode)
 
+    def _chip_oracle(self, net, tiles, rows_cal, progress):
+        """DIAGNOSTIC ceiling, never a result and not a bound of any realisable method: for
+        every device seed, PTO on that chip's own devices and read (pto.chip_draws, the
+        counters of :func:`evaluate` at t_target) against the test set's labels, then the
+        harness's accuracy of the chip at its optimised ranges. Unphysical twice over: it
+        fits the one read it is scored on, and it keeps every device's standard-normal
+        programming draw when a new column scale reprograms the device (a real device would
+        draw a fresh error)."""
+        from dataclasses import replace as replace_settings
+
+        from imcsim.scenarios import pto
+
+        sec, hw, data = self.section, self.hw, self.data
+        settings = replace_settings(sec.pto.settings(), draws_per_step=1, eval_draws=1,
+                                    holdout_draws=0, loss="cross_entropy", parameters="both")
+        read_target = _READ_COUNTER0 + 1 + list(sec.times).index(sec.pto.t_target)
+        acc = np.empty((len(sec.times), len(sec.device_seeds)))
+        err = np.empty_like(acc)
+        for j, device_seed in enumerate(sec.device_seeds):
+            chip = pto.chip_draws(tiles, device_seed, _READ_COUNTER0, read_target)
+            result = pto.optimise(net, tiles, hw, data.x_test, data.y_test, rows_cal,
+                                  settings, 0, draws=lambda counter, chip=chip: chip)
+            errors = []
+            acc[:, j] = evaluate(net, result.tiles, hw, device_seed, sec.times, data.x_test,
+                                 data.y_test, rows_cal, errors)
+            err[:, j] = errors
+            if progress is not None:
+                progress(1)
+        return acc, err
+
     def _run_architecture(self, arch, progress):
         from imcsim.scenarios import pto
         from imcsim.scenarios import robust_training as rt
@@ -653,7 +722,7 @@ class InferenceRun:
                 continue
             rows_cal = layer_rows(net, x_cal)
             kind, rule = _mapping_of(method)
-            if not method.startswith("pto"):
+            if method != "sgd_mse_clip" and not method.startswith("pto"):
                 noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
                 sig2 = sum(float(np.sum(mapping_weight_sigma(wk, kind, noise, sec.afp_gain) ** 2))
                            for wk in net.weights)
@@ -666,8 +735,22 @@ class InferenceRun:
                 w.set_metric(f"afp_small_share_{arch}", float(np.mean(u < 1.0 / sec.afp_gain)))
             tiles = map_network(net, hw, rows_cal, kind, gain=sec.afp_gain, input_ranges=rule,
                                 percentile=sec.percentile)
-            if method.startswith("pto"):
-                result = pto.optimise(net, tiles, hw, x_cal, y_cal, rows_cal,
+            if method == "sgd_mse_clip":
+                noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
+                fits = [pto.mse_clip_scales(tile, noise) for tile in tiles]
+                w.set_metric(f"mse_clip_weight_error_ratio_{arch}",
+                             float(np.sqrt(sum(f[2].sum() for f in fits)
+                                           / sum(f[1].sum() for f in fits))))
+                tiles = with_ranges(tiles, [f[0] for f in fits],
+                                    [t.input_range for t in tiles])
+            if method == "pto_sgd_chip_oracle":
+                results[method], weight_errors[method] = self._chip_oracle(net, tiles,
+                                                                           rows_cal, progress)
+                continue
+            if method in PTO_METHODS:
+                x_pto, y_pto = ((data.x_test, data.y_test) if method == "pto_sgd_oracle"
+                                else (x_cal, y_cal))
+                result = pto.optimise(net, tiles, hw, x_pto, y_pto, rows_cal,
                                       sec.pto.settings(), self.pto_seed)
                 for k, (start, end) in enumerate(zip(tiles, result.tiles)):
                     w.append(f"pto_{arch}_{method}_tile{k}_scale", 0.0, start.scale)
@@ -680,6 +763,10 @@ class InferenceRun:
                     w.append(f"pto_{arch}_{method}_objective", float(it + 1), value)
                 w.set_metric(f"pto_{arch}_{method}_objective_start", result.loss_start)
                 w.set_metric(f"pto_{arch}_{method}_objective_best", result.loss_best)
+                for it, value, gain, sem in result.checkpoints:
+                    w.append(f"pto_{arch}_{method}_checkpoints", float(it), [value, gain, sem])
+                for what in ("start_spread", "holdout_start", "holdout_best", "holdout_sem"):
+                    w.set_metric(f"pto_{arch}_{method}_{what}", getattr(result, what))
                 tiles = result.tiles
                 if progress is not None:
                     progress(1)

@@ -62,7 +62,8 @@ from imcsim.scenarios.inference import Hardware, TileMap, with_ranges
 _G_R_FLOOR = 1e-7
 LOSSES = ("cross_entropy", "logit_mse")
 PARAMETERS = ("both", "columns", "dac")
-_EVAL_COUNTER0 = 1 << 32  # counters of the fixed evaluation draws (optimisation: 0, 1, ...)
+_EVAL_COUNTER0 = 1 << 32  # counters of the fixed evaluation draws (optimisation: 1, 2, ...)
+_HOLDOUT_COUNTER0 = 1 << 33  # ... of the hold-out draws, never used to choose
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,16 +302,32 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
 
 @dataclass(frozen=True)
 class PTOSettings:
-    """Adam on θ = (ln s, ln r): ``iterations`` of fresh device draws at ``lr``; checkpoint
-    every ``check_every`` iterations on ``eval_draws`` fixed draws; ``t_target`` (s) the
-    deployment time whose noise the objective uses; ``loss`` "cross_entropy" (labels) or
-    "logit_mse" (output error against the float network); ``parameters`` "both", "columns"
-    (column scales only) or "dac" (DAC ranges only), for ablations."""
+    """Adam on θ = (ln s, ln r) for ``iterations`` steps, each on the mean gradient of
+    ``draws_per_step`` fresh device draws, learning rate ``lr`` decayed to 0 on a half
+    cosine (``schedule`` "cosine"; "constant" keeps it); checkpoint every ``check_every``
+    steps on ``eval_draws`` fixed draws (the same draws for every candidate: common random
+    numbers), the best kept; ``holdout_draws`` further draws, never used to choose, give an
+    unbiased estimate of what the choice gained. ``t_target`` (s) the deployment time whose
+    noise the objective uses; ``loss`` "cross_entropy" (labels) or "logit_mse" (output error
+    against the float network); ``parameters`` "both", "columns" (column scales only) or
+    "dac" (DAC ranges only), for ablations.
+
+    Why these defaults (measured on the default study's CNN, scenarios/inference_robustness
+    .toml, by :func:`selection_noise`): J of one draw scatters by about its own mean (0.019 ±
+    0.016 at the max-abs start), and the paired difference of two range sets on common
+    draws by ~3× the difference PTO finds (0.004); 128 evaluation draws bring the paired
+    standard error to ~0.001, 4 draws (the earlier default) left it at 0.006 — selection was
+    a coin toss. Four draws per step halve the gradient's noise; with them the objective
+    curve flattens after ~100 steps at lr 0.03 and the cosine decay lets the iterate settle
+    instead of wandering by ~lr around the optimum."""
 
     iterations: int = 150
     lr: float = 0.03
     t_target: float = 86400.0
-    eval_draws: int = 4
+    draws_per_step: int = 4
+    schedule: str = "cosine"
+    eval_draws: int = 128
+    holdout_draws: int = 128
     check_every: int = 25
     loss: str = "cross_entropy"
     parameters: str = "both"
@@ -321,26 +338,53 @@ class PTOResult:
     tiles: list
     loss_start: float  # J on the evaluation draws at the starting ranges
     loss_best: float  # ... at the returned ranges
-    loss_history: list  # per iteration, on that iteration's draws
-    checkpoints: list  # (iteration, J on the evaluation draws)
+    loss_history: list  # per iteration, mean J on that iteration's draws
+    checkpoints: list  # (iteration, J, J − J_start, its paired standard error), eval draws
+    holdout_start: float = np.nan  # J of the start on the hold-out draws
+    holdout_best: float = np.nan  # ... of the returned ranges
+    holdout_sem: float = np.nan  # paired standard error of their difference
+    start_spread: float = np.nan  # std of J over single evaluation draws at the start
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+def evaluation_losses(net, tiles, hw, x, y, rows_calibration, draws, t_target,
+                      scales=None, ranges=None, target_logits=None) -> np.ndarray:
+    """J of every one of ``draws`` (a list of per-tile draws), no gradient."""
+    return np.array([objective(net, tiles, hw, x, y, rows_calibration, d, t_target, scales,
+                               ranges, grad=False, target_logits=target_logits).loss
+                     for d in draws])
 
 
 def evaluation_loss(net, tiles, hw, x, y, rows_calibration, eval_draws, t_target,
                     scales=None, ranges=None, target_logits=None) -> float:
-    return float(np.mean([objective(net, tiles, hw, x, y, rows_calibration, d, t_target,
-                                    scales, ranges, grad=False,
-                                    target_logits=target_logits).loss for d in eval_draws]))
+    return float(np.mean(evaluation_losses(net, tiles, hw, x, y, rows_calibration, eval_draws,
+                                           t_target, scales, ranges, target_logits)))
+
+
+def _paired_sem(difference: np.ndarray) -> float:
+    n = difference.size
+    return float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
 
 
 def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibration,
-             settings: PTOSettings, seed: int) -> PTOResult:
+             settings: PTOSettings, seed: int, draws=None) -> PTOResult:
     """Optimise every tile's column scales and DAC range from their current values (module
-    docstring); device draws keyed by ``seed`` (not by any chip the result is evaluated on)."""
+    docstring); device draws keyed by ``seed`` (not by any chip the result is evaluated on).
+    ``draws(counter)`` replaces the device draws (a list of :class:`TileDraws`, one per
+    tile) — a fixed chip for the diagnostic oracle of :mod:`scenarios.inference`."""
     if settings.loss not in LOSSES:
         raise ValueError(f"PTO loss must be one of {LOSSES}, got {settings.loss!r}")
     if settings.parameters not in PARAMETERS:
         raise ValueError(f"PTO parameters must be one of {PARAMETERS}, got "
                          f"{settings.parameters!r}")
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"PTO schedule must be one of {SCHEDULES}, got "
+                         f"{settings.schedule!r}")
+    if draws is None:
+        def draws(counter):
+            return draw_tiles(tiles, seed, counter)
     move_scales = settings.parameters in ("both", "columns")
     move_ranges = settings.parameters in ("both", "dac")
     target = None
@@ -350,43 +394,55 @@ def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibra
         target = layer_forward(net, x_cal)
     log_s = [np.log(t.scale) for t in tiles]
     log_r = [np.log(t.input_range) for t in tiles]
-    eval_draws = [draw_tiles(tiles, seed, _EVAL_COUNTER0 + m) for m in range(settings.eval_draws)]
+    eval_set = [draws(_EVAL_COUNTER0 + m) for m in range(settings.eval_draws)]
 
-    def score(ls, lr_):
-        return evaluation_loss(net, tiles, hw, x_cal, y_cal, rows_calibration, eval_draws,
-                               settings.t_target, [np.exp(v) for v in ls],
-                               [float(np.exp(v)) for v in lr_], target)
+    def score(ls, lr_, draw_set):
+        return evaluation_losses(net, tiles, hw, x_cal, y_cal, rows_calibration, draw_set,
+                                 settings.t_target, [np.exp(v) for v in ls],
+                                 [float(np.exp(v)) for v in lr_], target)
 
-    start = best = score(log_s, log_r)
+    start_losses = score(log_s, log_r, eval_set)
+    start = best = float(start_losses.mean())
     best_params = ([v.copy() for v in log_s], list(log_r))
-    checkpoints = [(0, start)]
+    checkpoints = [(0, start, 0.0, 0.0)]
     history = []
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     m_s = [np.zeros_like(v) for v in log_s]
     v_s = [np.zeros_like(v) for v in log_s]
     m_r = np.zeros(len(tiles))
     v_r = np.zeros(len(tiles))
+    per_step = settings.draws_per_step
     for it in range(1, settings.iterations + 1):
-        draws = draw_tiles(tiles, seed, it)
-        obj = objective(net, tiles, hw, x_cal, y_cal, rows_calibration, draws,
-                        settings.t_target, [np.exp(v) for v in log_s],
-                        [float(np.exp(v)) for v in log_r], target_logits=target)
-        history.append(obj.loss)
+        loss = 0.0
+        g_s = [np.zeros_like(v) for v in log_s]
+        g_r = np.zeros(len(tiles))
+        for q in range(per_step):
+            obj = objective(net, tiles, hw, x_cal, y_cal, rows_calibration,
+                            draws((it - 1) * per_step + q + 1), settings.t_target,
+                            [np.exp(v) for v in log_s], [float(np.exp(v)) for v in log_r],
+                            target_logits=target)
+            loss += obj.loss / per_step
+            for i in range(len(tiles)):
+                g_s[i] += obj.grad_log_scale[i] / per_step
+                g_r[i] += obj.grad_log_range[i] / per_step
+        history.append(loss)
+        step = settings.lr
+        if settings.schedule == "cosine":
+            step *= 0.5 * (1.0 + np.cos(np.pi * (it - 1) / settings.iterations))
         c1, c2 = 1.0 - beta1 ** it, 1.0 - beta2 ** it
         for i in range(len(tiles)):
-            g = obj.grad_log_scale[i]
-            m_s[i] = beta1 * m_s[i] + (1 - beta1) * g
-            v_s[i] = beta2 * v_s[i] + (1 - beta2) * g * g
+            m_s[i] = beta1 * m_s[i] + (1 - beta1) * g_s[i]
+            v_s[i] = beta2 * v_s[i] + (1 - beta2) * g_s[i] * g_s[i]
             if move_scales:
-                log_s[i] = log_s[i] - settings.lr * (m_s[i] / c1) / (np.sqrt(v_s[i] / c2) + eps)
-            gr = obj.grad_log_range[i]
-            m_r[i] = beta1 * m_r[i] + (1 - beta1) * gr
-            v_r[i] = beta2 * v_r[i] + (1 - beta2) * gr * gr
+                log_s[i] = log_s[i] - step * (m_s[i] / c1) / (np.sqrt(v_s[i] / c2) + eps)
+            m_r[i] = beta1 * m_r[i] + (1 - beta1) * g_r[i]
+            v_r[i] = beta2 * v_r[i] + (1 - beta2) * g_r[i] * g_r[i]
             if move_ranges:
-                log_r[i] = log_r[i] - settings.lr * (m_r[i] / c1) / (np.sqrt(v_r[i] / c2) + eps)
+                log_r[i] = log_r[i] - step * (m_r[i] / c1) / (np.sqrt(v_r[i] / c2) + eps)
         if it % settings.check_every == 0 or it == settings.iterations:
-            value = score(log_s, log_r)
-            checkpoints.append((it, value))
+            losses = score(log_s, log_r, eval_set)
+            value = float(losses.mean())
+            checkpoints.append((it, value, value - start, _paired_sem(losses - start_losses)))
             if value < best:
                 best = value
                 best_params = ([v.copy() for v in log_s], list(log_r))
@@ -395,5 +451,74 @@ def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibra
                                  for v, t in zip(best_params[0], tiles)],
                          [float(np.exp(v)) if move_ranges else t.input_range
                           for v, t in zip(best_params[1], tiles)])
-    return PTOResult(chosen, start, best, history, checkpoints)
+    result = PTOResult(chosen, start, best, history, checkpoints,
+                       start_spread=float(start_losses.std(ddof=1)) if start_losses.size > 1
+                       else np.nan)
+    if settings.holdout_draws > 1:
+        holdout = [draws(_HOLDOUT_COUNTER0 + m) for m in range(settings.holdout_draws)]
+        before, after = (evaluation_losses(net, tiles, hw, x_cal, y_cal, rows_calibration,
+                                           holdout, settings.t_target, [t.scale for t in ts],
+                                           [t.input_range for t in ts], target)
+                         for ts in (tiles, chosen))
+        result.holdout_start = float(before.mean())
+        result.holdout_best = float(after.mean())
+        result.holdout_sem = _paired_sem(after - before)
+    return result
 
+
+
+# --------------------------------------------------------------------------------------------
+# How much range choice can buy: the weight-error optimum and the chip oracle
+
+
+def mse_clip_scales(tile: TileMap, noise, factors=None):
+    """Per-column scales s_j minimising the expected squared weight error of the column under
+    the weight-unit device model (``robust_training.weight_sigma``, ``noise`` a NoiseModel):
+
+        E_j(s) = Σ_i (clip(w_ij, −s, s) − w_ij)² + σ(w_ij; s)²,
+        σ(w; s) = s·σ_g(min(|w|/s, 1)·g_max, t)/g_max,
+
+    scanned over s = f·max_i |w_ij|, f in ``factors`` (default 241 log-spaced values in
+    [0.2, 1]; clipping more than 80 % of the range never pays at this device model).
+    Closed form per s, no labels, no network: what a mapping can win on the weights alone.
+    Because the device model's σ_g is mostly proportional to g (programming noise 0.26 +
+    1.97·g_r − 1.17·g_r² µS at g_max = 25 µS; the 1/f term ∝ g^0.35; the drift spread
+    relative), σ(w; s) depends on s only through the offset and curvature terms, which bounds
+    what any choice of s can do. Fixed mapping only (gain 1, one column per output).
+
+    Returns (scales (n_cols,), E_j at the max-abs scale, E_j at the chosen scale).
+    """
+    from imcsim.scenarios.robust_training import weight_sigma
+
+    if np.any(tile.gain != 1.0) or tile.column.size != tile.n_cols:
+        raise ValueError("mse_clip_scales: fixed mapping (one pair per weight) only")
+    factors = np.geomspace(0.2, 1.0, 241) if factors is None else np.asarray(factors, float)
+    w = tile.weights
+    s0 = np.max(np.abs(w), axis=0)
+    s0 = np.where(s0 > 0, s0, tile.scale)
+    errors = np.empty((factors.size, w.shape[1]))
+    for k, f in enumerate(factors):
+        s = f * s0
+        clip_error = np.clip(w, -s, s) - w
+        errors[k] = np.sum(clip_error ** 2 + weight_sigma(w, s, noise) ** 2, axis=0)
+    best = np.argmin(errors, axis=0)
+    at_max = errors[int(np.argmin(np.abs(factors - 1.0)))]
+    return factors[best] * s0, at_max, errors[best, np.arange(w.shape[1])]
+
+
+def chip_draws(tiles: list[TileMap], device_seed: int, read_calibrate: int, read_target: int
+               ) -> list[TileDraws]:
+    """The standard normals of the chip ``device_seed`` as the harness programs and reads it
+    (:func:`scenarios.inference.program`, ``read`` at counters ``read_calibrate`` for the
+    drift-compensation reference and ``read_target`` for the evaluation): with them the tile
+    model reproduces the harness's outputs (tested). For the diagnostic chip oracle only —
+    PTO proper never sees the chip it is deployed on."""
+    out = []
+    for index, tile in enumerate(tiles):
+        s = network.tile_seed(device_seed, index)
+        n = 2 * tile.weights.size
+        out.append(TileDraws(rng.normals(s, rng.STREAM_PROG, (n,), 0),
+                             rng.normals(s, rng.STREAM_NU, (n,), 0),
+                             rng.normals(s, rng.STREAM_READ, (n,), read_calibrate),
+                             rng.normals(s, rng.STREAM_READ, (n,), read_target)))
+    return out

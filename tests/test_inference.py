@@ -150,7 +150,7 @@ epochs = 2
 device_seeds = [1, 2]
 times = [1.0, 86400.0]
 calibration_images = 64
-pto = { iterations = 3, check_every = 2, eval_draws = 1 }
+pto = { iterations = 3, check_every = 2, eval_draws = 2, holdout_draws = 2, draws_per_step = 1 }
 """
 
 
@@ -283,7 +283,7 @@ def test_recovery_is_defined_only_where_the_baseline_loses():
 
 
 @pytest.mark.parametrize("name", ["inference_robustness.toml", "inference_noise_sources.toml",
-                                  "inference_pto_ablation.toml"])
+                                  "inference_pto_ablation.toml", "inference_range_bound.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 

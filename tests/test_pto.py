@@ -122,7 +122,8 @@ def test_pto_never_ends_worse_and_fixes_a_bad_dac_range(batch):
     tiles = inference.map_network(net, hw, rows, "fixed")
     wide = inference.with_ranges(tiles, [t.scale for t in tiles],
                                  [8 * t.input_range for t in tiles])
-    settings = pto.PTOSettings(iterations=40, lr=0.05, eval_draws=2, check_every=10)
+    settings = pto.PTOSettings(iterations=40, lr=0.05, draws_per_step=1, eval_draws=2,
+                               holdout_draws=0, check_every=10)
     result = pto.optimise(net, wide, hw, x, y, rows, settings, seed=99)
     assert result.loss_best <= result.loss_start
     assert result.loss_best < 0.9 * result.loss_start
@@ -140,8 +141,8 @@ def test_ablations_move_only_their_parameters(parameters, batch):
     hw = inference.Hardware()
     rows = inference.layer_rows(net, x)
     tiles = inference.map_network(net, hw, rows, "fixed")
-    settings = pto.PTOSettings(iterations=6, lr=0.1, eval_draws=1, check_every=2,
-                               parameters=parameters)
+    settings = pto.PTOSettings(iterations=6, lr=0.1, eval_draws=1, holdout_draws=0,
+                               check_every=2, parameters=parameters)
     result = pto.optimise(net, tiles, hw, x, y, rows, settings, seed=4)
     scales_moved = any(not np.array_equal(a.scale, b.scale)
                        for a, b in zip(result.tiles, tiles))
@@ -161,6 +162,83 @@ def test_bad_settings_are_rejected(batch):
         pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(loss="mae"), seed=1)
     with pytest.raises(ValueError, match="parameters"):
         pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(parameters="all"), seed=1)
+    with pytest.raises(ValueError, match="schedule"):
+        pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(schedule="step"), seed=1)
     with pytest.raises(ValueError, match="joshi2020"):
         pto.device_read(np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3), 1.0,
                         pcm.HERMES_2023)
+
+
+def test_tile_model_with_the_chips_draws_is_the_harness():
+    """With the normals of a programmed chip (pto.chip_draws at the harness's read counters)
+    the tile model's cross-entropy equals that of the harness's logits (scenarios.inference
+    evaluate path: DAC/ADC through crossbar.tile_mvm, global drift compensation against the
+    reference read at t_calibrate): PTO optimises the objective the chips are scored on."""
+    net = small_net("cnn", 5)
+    gen = np.random.default_rng(8)
+    x, y = gen.uniform(0, 1, (48, 64)), gen.integers(0, 10, 48)
+    hw = inference.Hardware(tile_rows=40, tile_cols=8)
+    rows = inference.layer_rows(net, x[:16])
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    t, device_seed, counter = 86400.0, 7, inference._READ_COUNTER0 + 3
+    chips = inference.deploy(tiles, hw, device_seed, rows)
+    hook = inference.chip_hook(chips, hw, t, counter, rows)
+    logits = inference.layer_forward(net, x, hook)
+    z = logits - logits.max(axis=1, keepdims=True)
+    harness = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(y.size), y]))
+    draws = pto.chip_draws(tiles, device_seed, inference._READ_COUNTER0, counter)
+    model = pto.objective(net, tiles, hw, x, y, rows, draws, t, grad=False)
+    np.testing.assert_allclose(model.alphas, hook.alphas, rtol=1e-12)
+    assert model.loss == pytest.approx(harness, rel=1e-10)
+    assert abs(np.mean(model.alphas) - 1.0) > 0.05  # drift compensation is at work at 1 day
+
+
+def test_mse_clip_scales_minimise_the_closed_form_weight_error():
+    """The scanned optimum against the closed-form σ_g (robust_training.conductance_sigma,
+    not the table weight_sigma interpolates) on a finer grid around it; without device noise
+    no clipping pays (s = max|w|); with it, heavy-tailed columns clip and the error falls."""
+    from imcsim.scenarios import robust_training as rt
+
+    gen = np.random.default_rng(2)
+    w = gen.standard_t(3, (200, 6)) * 0.1
+    hw = inference.Hardware(tile_rows=256, tile_cols=256)
+    tile = inference.map_network(SimpleNamespace(weights=[w]), hw, [np.ones((1, 200))])[0]
+    noise = rt.NoiseModel(device=pcm.JOSHI_2020, t_inference=86400.0)
+    scales, at_max, at_best = pto.mse_clip_scales(tile, noise)
+    s0 = np.max(np.abs(w), axis=0)
+    g_max = noise.device.g_max
+
+    def exact(j, s):
+        col = w[:, j]
+        sigma = s * rt.conductance_sigma(np.minimum(np.abs(col) / s, 1.0) * g_max, noise) / g_max
+        return float(np.sum((np.clip(col, -s, s) - col) ** 2 + sigma ** 2))
+
+    for j in range(w.shape[1]):
+        assert at_best[j] == pytest.approx(exact(j, scales[j]), rel=1e-3)
+        assert at_max[j] == pytest.approx(exact(j, s0[j]), rel=1e-3)
+        finer = min(exact(j, f * scales[j]) for f in np.linspace(0.98, 1.02, 21))
+        assert at_best[j] <= finer * (1 + 2e-3)
+    # the device noise is mostly proportional to |w|: clipping buys ~10 %, not more
+    assert np.all(scales < s0) and 0.8 * np.sum(at_max) < np.sum(at_best) < 0.95 * np.sum(at_max)
+    quiet = dataclasses.replace(noise, scale=0.0)
+    np.testing.assert_allclose(pto.mse_clip_scales(tile, quiet)[0], s0, rtol=1e-12)
+
+
+def test_holdout_estimates_the_gain_without_selection():
+    """With a zero step the returned ranges are the start, so the hold-out difference is
+    exactly 0; with steps, checkpoints carry the paired standard error of J − J(start)."""
+    x, y = np.random.default_rng(3).uniform(0, 1, (32, 64)), np.arange(32) % 10
+    net = small_net("mlp", 1)
+    hw = inference.Hardware()
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    settings = pto.PTOSettings(iterations=4, lr=1e-300, draws_per_step=2, eval_draws=6,
+                               holdout_draws=5, check_every=2)
+    still = pto.optimise(net, tiles, hw, x, y, rows, settings, seed=3)
+    assert still.holdout_best == still.holdout_start and still.holdout_sem == 0.0
+    assert still.start_spread > 0
+    moved = pto.optimise(net, tiles, hw, x, y, rows, dataclasses.replace(settings, lr=0.1),
+                         seed=3)
+    assert [c[0] for c in moved.checkpoints] == [0, 2, 4]
+    assert all(c[3] > 0 for c in moved.checkpoints[1:])
+    assert np.isfinite(moved.holdout_best) and moved.holdout_sem > 0
