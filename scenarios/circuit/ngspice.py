@@ -230,7 +230,10 @@ class Simulator:
         """
         with tempfile.TemporaryDirectory(prefix="imcsim_ngspice_") as tmp:
             run_dir = Path(tmp)
-            (run_dir / ".spiceinit").write_text("set ngbehavior=hsa\nset ng_nomodcheck\n")
+            # one thread: the device loads of these small circuits are too short for ngspice's
+            # OpenMP split, and OpenMP's spinning workers stall on a busy machine
+            (run_dir / ".spiceinit").write_text("set ngbehavior=hsa\nset ng_nomodcheck\n"
+                                                "set num_threads=1\n")
             control = ["set wr_singlescale", "set wr_vecnames", "option numdgt=10"]
             for k, (command, vectors) in enumerate(analyses):
                 control += [command, f"wrdata out{k}.txt " + " ".join(vectors), "destroy all"]
@@ -239,8 +242,9 @@ class Simulator:
             (run_dir / "deck.cir").write_text(deck)
             t0 = time.perf_counter()
             try:
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
                 proc = subprocess.run([str(self.ngspice), "-b", "deck.cir"], cwd=run_dir,
-                                      capture_output=True, text=True,
+                                      capture_output=True, text=True, env=env,
                                       timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 raise SimulationError(f"ngspice did not finish within {self.timeout_s:g} s "
