@@ -53,19 +53,43 @@ def summary_lines(trace: Trace) -> list[str]:
         mine = [r for r in rows if r["architecture"] == arch]
         times = mine[0]["t"]
         lines.append(f"  {arch}:")
-        lines.append(f"    {'method':<16}" + "".join(f"{_time_label(t):>16}" for t in times))
+        lines.append(f"    {'method':<20}" + "".join(f"{_time_label(t):>16}" for t in times))
         for r in mine:
             cells = "".join(f"{100 * m:>9.2f} ± {100 * s:4.2f}" for m, s in zip(r["mean"],
                                                                                  r["std"]))
-            lines.append(f"    {r['method']:<16}{cells}")
+            lines.append(f"    {r['method']:<20}{cells}")
         lines.append("    weight error |W_eff − W|/|W| (%) of the tiles as read, mean over seeds:")
         for r in mine:
             name = f"weight_error_{arch}_{r['method']}"
             if name in trace.series_names():
                 err = trace.series(name).data.mean(axis=1)
-                lines.append(f"    {r['method']:<16}" + "".join(f"{100 * e:>16.2f}"
+                lines.append(f"    {r['method']:<20}" + "".join(f"{100 * e:>16.2f}"
                                                              for e in err))
         by_method = {r["method"]: r for r in mine}
+        if "sgd_maxabs" in by_method:
+            lines.append("    paired difference to sgd_maxabs on the same chips (points), "
+                         "mean ± std over seeds:")
+            base = trace.series(f"accuracy_{arch}_sgd_maxabs").data
+            for r in mine:
+                if r["method"] in ("float", "sgd_maxabs"):
+                    continue
+                diff = 100 * (trace.series(f"accuracy_{arch}_{r['method']}").data - base)
+                spread = diff.std(axis=1, ddof=1) if diff.shape[1] > 1 else 0 * diff[:, 0]
+                lines.append(f"    {r['method']:<20}" + "".join(
+                    f"{m:>+9.2f} ± {s:4.2f}" for m, s in zip(diff.mean(axis=1), spread)))
+        for method in by_method:
+            key = f"pto_{arch}_{method}_holdout_start"
+            if key in metrics and np.isfinite(metrics[key][0]):
+                start, best = metrics[key][0], metrics[f"pto_{arch}_{method}_holdout_best"][0]
+                sem = metrics[f"pto_{arch}_{method}_holdout_sem"][0]
+                spread = metrics[f"pto_{arch}_{method}_start_spread"][0]
+                lines.append(f"    {method}: objective on hold-out draws {start:.4f} -> "
+                             f"{best:.4f} ({best - start:+.4f} ± {sem:.4f} paired s.e.; one "
+                             f"draw scatters by {spread:.4f})")
+        key = f"mse_clip_weight_error_ratio_{arch}"
+        if key in metrics:
+            lines.append(f"    MSE-optimal column clipping: rms weight error x "
+                         f"{metrics[key][0]:.3f} of max-abs (device model at t_train)")
         if {"float", "sgd_maxabs", "pto_sgd"} <= set(by_method):
             lines.append("    PTO on SGD, share of the float − max-abs loss recovered "
                          "(loss ± its standard error over seeds):")
@@ -83,7 +107,7 @@ def summary_lines(trace: Trace) -> list[str]:
                              f"{100 * (pto['mean'][k] - base['mean'][k]):5.2f}: {text}")
     lines.append("  needs to know:")
     for r in rows[:len(_names(trace, "inference_methods"))]:
-        lines.append(f"    {r['method']:<16}{r['needs']}")
+        lines.append(f"    {r['method']:<20}{r['needs']}")
     return lines
 
 

@@ -19,10 +19,18 @@ Objective (what is minimised):
 the mean cross-entropy of the calibration set (``calibration_images`` training images and
 labels) through the network whose every product runs on the tile model below, with the
 device noise ξ drawn from the PCM statistical model at the deployment time ``t_target``
-(default 1 day). Each iteration draws fresh devices (a Monte-Carlo estimate of E_ξ, i.e.
-stochastic gradient descent, Adam on θ); the returned θ is the best of the start and the
-checkpoints on a fixed set of ``eval_draws`` draws, so the optimised ranges never score worse
-than the starting ones on that estimate of J.
+(default 1 day). Each iteration averages the gradient over ``draws_per_step`` fresh device
+draws (a Monte-Carlo estimate of E_ξ, i.e. stochastic gradient descent, Adam on θ, step
+decayed on a half cosine); the returned θ is the best of the start and the checkpoints on a
+fixed set of ``eval_draws`` draws shared by all candidates (common random numbers: the chip
+to chip scatter of J, as large as J itself, cancels in the comparison), so the optimised
+ranges never score worse than the starting ones on that estimate of J; ``holdout_draws``
+independent draws then estimate the gain without the bias of having chosen the best.
+
+How much any range choice can buy is bounded by the device model: its noise is mostly
+proportional to the conductance, so in weight units σ(w; s) hardly depends on the column
+scale s (:func:`mse_clip_scales`; on the default study's CNN the expected-weight-error
+optimal clipping lowers the rms weight error by 2.4 %).
 
 Tile model (normalised units, as in :mod:`scenarios.inference`):
 
@@ -312,14 +320,18 @@ class PTOSettings:
     against the float network); ``parameters`` "both", "columns" (column scales only) or
     "dac" (DAC ranges only), for ablations.
 
-    Why these defaults (measured on the default study's CNN, scenarios/inference_robustness
-    .toml, by :func:`selection_noise`): J of one draw scatters by about its own mean (0.019 ±
-    0.016 at the max-abs start), and the paired difference of two range sets on common
-    draws by ~3× the difference PTO finds (0.004); 128 evaluation draws bring the paired
-    standard error to ~0.001, 4 draws (the earlier default) left it at 0.006 — selection was
-    a coin toss. Four draws per step halve the gradient's noise; with them the objective
-    curve flattens after ~100 steps at lr 0.03 and the cosine decay lets the iterate settle
-    instead of wandering by ~lr around the optimum."""
+    Why these defaults (measured on the default study's CNN, `imcsim run
+    scenarios/inference_robustness.toml`, trace metrics pto_cnn_pto_sgd_start_spread,
+    _holdout_*): J of one device draw scatters by about its own mean (0.012 around 0.016 at
+    the max-abs start), and the difference between the start and the ranges PTO returns,
+    taken on common draws, by 0.0068 per draw around a gain of 0.0036. On 4 evaluation draws
+    (the earlier default) the standard error of that difference, 0.0034, equalled the gain:
+    choosing among checkpoints was a coin toss. On 128 draws it is 0.0006 (6 standard
+    errors). Four draws per step halve the gradient's noise; with them the objective on the
+    evaluation draws still falls between the last checkpoints by less than its standard error
+    (pto_*_checkpoints; twice the iterations in scenarios/inference_pto_ablation.toml), and
+    the cosine decay lets the iterate settle instead of wandering by ~lr around the
+    optimum."""
 
     iterations: int = 150
     lr: float = 0.03
