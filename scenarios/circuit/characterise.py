@@ -17,21 +17,29 @@ V_swing, V_swing = V_0 − V_switch):
 
 and the firing-phase discharger likewise gives β_fire = V_swing / E_dis (paper Eq. 77, 81).
 
-Sweeps (one ngspice process): synapse current vs membrane voltage for a grid of gate biases,
-both polarities, with the selector switched on; the discharger current vs membrane voltage for
-a grid of biases; the detector's transfer curve (DC V_switch: input where the output crosses
-V_dd/2); one transient of a full column (all synapses biased off) driven by an ideal current
-source, which gives the effective membrane capacitance C (MIM + bit-line wire + junctions +
-detector gate) from the slope, the post-reset level V_0 (after the reset switch's charge
-injection) and, from a second column, the charge packet a spike injects when it switches a
-synapse's selectors with both current sources off. The discharger bias is then set so that
-its current at V_0 is C·V_swing/T: a firing-phase slope dv/dt = 1 at v = 0, the normalisation
-of :mod:`imcsim.physics.spiking` (dv/dt = 1 − β_fire·v). With β_fire > 0 an unstimulated
-neuron then does not reach threshold within the phase — the paper's own criterion for its
-0.554 V bias (App. G: "no firing occurs during the firing phase in the absence of input").
-A last transient lets an unstimulated column discharge until its detector fires and takes
-the membrane voltage at that moment as the effective threshold (:func:`_effective_threshold`:
-it folds the detector's delay and the discharge switch's injection into V_switch).
+Four ngspice processes (models parsed once each, ~2 s in all):
+
+1. DC sweeps of single cells: synapse current vs membrane voltage over a grid of gate biases,
+   both polarities, selector on; the discharger likewise; the detector's transfer curve (DC
+   V_switch: input where its output crosses V_dd/2);
+2. a transient of a full column (all synapses biased off) driven by an ideal 100 nA current
+   source: the effective membrane capacitance C (MIM + bit-line wire + junctions + detector
+   gate) from the slope, and the post-reset level V_0 (after the reset switch lets go);
+3. the discharger bias is set so that its current at V_0 is C·V_swing/T: a firing-phase slope
+   dv/dt = 1 at v = 0, the normalisation of :mod:`imcsim.physics.spiking`
+   (dv/dt = 1 − β_fire·v). With β_fire > 0 an unstimulated neuron then does not reach
+   threshold within the phase — the paper's own criterion for its 0.554 V bias (App. G: "no
+   firing occurs during the firing phase in the absence of input"). A transient lets an
+   unstimulated column discharge until its detector fires and takes the membrane voltage at
+   that moment as the effective threshold (:func:`_effective_threshold`: it folds the
+   detector's delay and the discharge switch's injection into V_switch);
+4. the switching packets: cells with their drain held by a source and their selectors
+   switched on and off, per bias and polarity (off level included): the charge each edge
+   draws from the membrane beyond the steady current (:func:`_switch_packets`). The
+   switch-off packet (~0.45 fC for an nfet pair at w = 0.1, ~0.004 V_swing) lands when the
+   inputs end at the start of the firing phase; the bottom-up model adds it there
+   (:meth:`Characterisation.end_packets`). The switch-on packets are ~10x smaller and are
+   reported, not modelled.
 
 The linear fit is poorest near the threshold (paper App. G: fit range 0.43-1.36 V); the fit
 range here is the model's operating range v ∈ [−0.2, 1.05] and the worst relative deviation of

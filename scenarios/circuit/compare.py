@@ -11,7 +11,10 @@ The two models of the same circuit:
 
 * bottom-up: every synapse a conductance with a reversal potential, (g, E) interpolated at its
   own gate bias from the one-cell sweeps (w = g·T·E/(C·V_swing) = I_0·T/(C·V_swing),
-  β = V_swing/E), and the discharger's β_fire = V_swing/E_dis;
+  β = V_swing/E), the discharger's β_fire = V_swing/E_dis, and the charge each switched
+  synapse (both of its pairs) dumps on the membrane when its input ends at the start of the
+  firing phase (characterised per bias; without it the bottom-up RMS error of the default
+  comparison, seed 2026, is 27.7 ns instead of 7.6 ns);
 * top-down: the same w (the synapse's current at the reset level, what an ideal mapping puts
   there), β = 0 and β_fire = 0: ideal current sources and an ideal discharger.
 
