@@ -35,9 +35,11 @@ Mappings (the ``kind`` of :func:`map_network`):
   which still carry the statistical model's programming noise at g_T = 0 and its 1/f noise),
   and two ADC conversions per output instead of one.
 
-Device physics: the Joshi et al. (2020) statistical model of ``physics.pcm``
+Device physics: the statistical PCM model of ``physics.pcm``, either preset — Joshi et al.
+(2020, ``[device] model = "joshi2020"``) or HERMES (Le Gallo et al. 2023, ``"hermes2023"``)
 (``program_statistical``: programming noise at the target; ``draw_drift_state``: drift
-exponent and 1/f amplitude from the target; ``read_drifted``: drift and 1/f read noise at the
+exponent from the target and 1/f amplitude from the target (Joshi) or the programmed
+conductance (HERMES, as fitted); ``read_drifted``: drift and 1/f read noise at the
 read time, one read of every device per evaluation time, shared by all test images), device
 instances keyed by ``network.tile_seed(device_seed, tile index)``. Global drift compensation
 as in ``scenarios.network``: at ``t_calibrate`` every tile keeps the mean |y| of the float
@@ -57,6 +59,7 @@ from imcsim.physics import crossbar, pcm, rng
 from imcsim.scenarios import network
 
 MAPPINGS = ("fixed", "fixed2", "afp")
+DEVICE_MODELS = ("joshi2020", "hermes2023")  # PCM presets PTO's tile model implements
 _READ_COUNTER0 = 16  # read counters: calibration at _READ_COUNTER0, time k at +1 + k
 
 
@@ -307,7 +310,9 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int
                                 stat.prog_coeff_g_ref, stat.prog_noise_scale, np.uint64(seed),
                                 np.uint64(0))
         nu, q_s = np.empty_like(g_t), np.empty_like(g_t)
-        pcm.draw_drift_state(g_t, g_t, stat.g_max, stat.model_id, stat.drift_scale,
+        # Q_s is fitted at the target for Joshi et al., at the programmed state for HERMES
+        g_for_qs = g_t if stat.model_id == pcm.MODEL_JOSHI else g_p
+        pcm.draw_drift_state(g_t, g_for_qs, stat.g_max, stat.model_id, stat.drift_scale,
                              np.uint64(seed), np.uint64(0), nu, q_s)
         out.append(ProgrammedTile(tile, seed, g_t, g_p, nu, q_s))
     return out
@@ -499,9 +504,9 @@ class InferenceRun:
             raise InputError("periphery.r_wire_row: IR drop is not modelled by the inference "
                              "study (PTO's tile model has none)")
         stat = sc.device.statistical_model()
-        if stat.kind != "joshi2020" and any(m.startswith("pto") for m in sec.methods):
-            raise InputError("device.model: PTO's differentiable device model implements "
-                             "'joshi2020' only")
+        if stat.kind not in DEVICE_MODELS and any(m.startswith("pto") for m in sec.methods):
+            raise InputError(f"device.model: PTO's differentiable device model implements "
+                             f"{', '.join(DEVICE_MODELS)}, not {stat.kind!r}")
         if "pto_sgd_chip_oracle" in sec.methods and sec.pto.t_target not in sec.times:
             raise InputError("inference.pto.t_target: the chip oracle needs it among "
                              "inference.times")

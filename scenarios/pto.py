@@ -27,10 +27,12 @@ to chip scatter of J, as large as J itself, cancels in the comparison), so the o
 ranges never score worse than the starting ones on that estimate of J; ``holdout_draws``
 independent draws then estimate the gain without the bias of having chosen the best.
 
-How much any range choice can buy is bounded by the device model: its noise is mostly
-proportional to the conductance, so in weight units σ(w; s) hardly depends on the column
-scale s (:func:`mse_clip_scales`; on the default study's CNN the expected-weight-error
-optimal clipping lowers the rms weight error by 2.4 %).
+How much any range choice can buy is bounded by the device model. Under Joshi et al.'s
+model the noise is mostly proportional to the conductance, so in weight units σ(w; s) hardly
+depends on the column scale s (:func:`mse_clip_scales`; on the default study's CNN the
+expected-weight-error optimal clipping lowers the rms weight error by 2.4 %). HERMES'
+programming noise is nearly flat above g_r ≈ 0.2 (additive-like), so there a narrower range
+trades clipping error against a noise in weight units that falls in proportion to s.
 
 Tile model (normalised units, as in :mod:`scenarios.inference`):
 
@@ -38,12 +40,14 @@ Tile model (normalised units, as in :mod:`scenarios.inference`):
   straight-through estimator (∂Q/∂x = 1): ∂(r·x_q)/∂r = x_q − a/r inside the range and
   sign(a) outside (the LSQ/PACT gradient of a learnable clipping range);
 * weights: u = clip(k·w/s, −1, 1) on a pair G⁺ = max(u, 0)·g_max, G⁻ = max(−u, 0)·g_max;
-* devices, reparameterised so that the gradient flows through the target g_T (Joshi et al.
-  2020, the equations of :mod:`physics.pcm`, the same draws ξ as its kernels for the same
-  seed and counters):
+* devices, reparameterised so that the gradient flows through the target g_T (the
+  statistical model of :mod:`physics.pcm`, preset Joshi et al. 2020 or HERMES, Le Gallo et
+  al. 2023; the same draws ξ as its kernels for the same seed and counters):
   g_p = max(0, g_T + σ_prog(g_T)·ξ_p), ν = |μ_ν(g_T) + σ_ν(g_T)·ξ_ν|,
-  G(t) = g_p·(τ_eff/t0)^(−ν), g = max(0, G(t)·(1 + Q_s(g_T)·n(t)·ξ_r)),
-  n(t) = sqrt(ln((τ + t_read)/(2 t_read))); ∂g/∂g_T in closed form (:func:`device_read`);
+  G(t) = g_p·(τ_eff/t0)^(−ν), g = max(0, G(t)·(1 + Q_s(g_Q)·n(t)·ξ_r)),
+  n(t) = sqrt(ln((τ + t_read)/(2 t_read))), g_Q = g_T (Joshi) or g_p (HERMES, as fitted);
+  μ_ν, σ_ν, Q_s the preset's (piecewise for HERMES) fits; ∂g/∂g_T in closed form on the
+  branch in use (:func:`device_read`);
 * ADC: c_q = Q_A(clip(Σ_i x_q,i·(g⁺ − g⁻)_i/g_max, ±c_fs)) with the chip's fixed full scale
   c_fs = I_fs/(v_read·g_max), straight-through inside, zero gradient where it clips;
 * output y_j = α·r·Σ_{p→j} f_p·c_q,p with f_p = s_j·share_p/k_p; α is the tile's global
@@ -65,7 +69,7 @@ import numpy as np
 
 from imcsim.physics import pcm, rng
 from imcsim.scenarios import network
-from imcsim.scenarios.inference import Hardware, TileMap, with_ranges
+from imcsim.scenarios.inference import DEVICE_MODELS, Hardware, TileMap, with_ranges
 
 _G_R_FLOOR = 1e-7
 LOSSES = ("cross_entropy", "logit_mse")
@@ -78,18 +82,77 @@ _HOLDOUT_COUNTER0 = 1 << 33  # ... of the hold-out draws, never used to choose
 # Device read-out with its derivative in the target conductance
 
 
+def _drift_fits(g_t, stat: pcm.StatisticalModel):
+    """(μ_ν, ∂μ_ν/∂g_T, σ_ν, ∂σ_ν/∂g_T) at the targets ``g_t`` (S), as ``pcm.drift_mean_std``
+    evaluates them (g_r floored at 1e-7), derivatives in 1/S on the branch in use (0 on a
+    clip or below the floor)."""
+    g_r = g_t / stat.g_max
+    floored = g_r > _G_R_FLOOR
+    g_r = np.maximum(g_r, _G_R_FLOOR)
+    ln_g = np.log(g_r)
+    dln = np.where(floored, 1.0 / np.where(floored, g_t, 1.0), 0.0)  # ∂ln g_r/∂g_T
+
+    def log_fit(a, b, lo, hi):
+        raw = a * ln_g + b
+        return np.clip(raw, lo, hi), a * dln * ((raw > lo) & (raw < hi))
+
+    if stat.model_id == pcm.MODEL_JOSHI:
+        mu, dmu = log_fit(-0.0155, 0.0244, 0.049, 0.1)
+        sd, dsd = log_fit(-0.0125, -0.0059, 0.008, 0.045)
+        return mu, dmu, sd, dsd
+    # HERMES (Le Gallo et al. 2023): logarithmic fits at low conductance, quadratics above
+    low = g_r < 0.0945
+    mu_log, dmu_log = log_fit(-0.0387, -0.0182, 0.072, 0.13)
+    mu = np.where(low, mu_log, -0.0436 * g_r * g_r - 0.0126 * g_r + 0.0736)
+    dmu = np.where(low, dmu_log, (-2.0 * 0.0436 * g_r - 0.0126) / stat.g_max)
+    low = g_r < 0.3055
+    sd_log, dsd_log = log_fit(-0.0117, -0.0057, 0.0091, 0.04)
+    sd = np.where(low, sd_log, -0.0118 * g_r * g_r + 0.0093 * g_r + 0.0073)
+    dsd = np.where(low, dsd_log, (-2.0 * 0.0118 * g_r + 0.0093) / stat.g_max)
+    return mu, dmu, sd, dsd
+
+
+def _read_noise_fit(g, stat: pcm.StatisticalModel):
+    """(Q_s, ∂Q_s/∂g) at conductances ``g`` ≥ 0 (S), as ``pcm.read_noise_qs`` evaluates
+    them; the derivative (1/S) is that of the branch in use, 0 on a clip."""
+    g_max = stat.g_max
+    g_r = g / g_max
+    positive = g > 0
+    safe_g = np.where(positive, g, 1.0)
+    if stat.model_id == pcm.MODEL_JOSHI:
+        root = g_r ** 0.65
+        raw = 0.0088 / np.maximum(root, 1e-3)
+        live = (root > 1e-3) & (raw < 0.2)
+        return np.minimum(raw, 0.2), np.where(live, -0.65 * raw / safe_g, 0.0)
+    low = g_r < 0.16
+    floored = g_r > _G_R_FLOOR
+    raw = -0.0117 * np.log(np.maximum(g_r, _G_R_FLOOR)) - 0.0069
+    q_log = np.clip(raw, 0.015, 0.04)
+    dq_log = np.where(floored & (raw > 0.015) & (raw < 0.04), -0.0117 / safe_g, 0.0)
+    q_cubic = ((0.0069 * g_r - 0.0280) * g_r + 0.0211) * g_r + 0.0123
+    dq_cubic = ((3.0 * 0.0069 * g_r - 2.0 * 0.0280) * g_r + 0.0211) / g_max
+    return np.where(low, q_log, q_cubic), np.where(low, dq_log, dq_cubic)
+
+
 def device_read(g_target, xi_prog, xi_nu, xi_read, t: float, stat: pcm.StatisticalModel):
     """Conductance read at ``t`` (s after programming at 0) of devices programmed to
-    ``g_target`` (S), and ∂g/∂g_T, for given standard-normal draws (Joshi et al. 2020 model,
-    equations in the module docstring and :mod:`physics.pcm`).
+    ``g_target`` (S), and ∂g/∂g_T, for given standard-normal draws: the statistical model of
+    :mod:`physics.pcm` for either preset (equations in the module docstring there and here).
+
+    Joshi et al. (2020): μ_ν, σ_ν and Q_s are fits at the target g_T. HERMES (Le Gallo et al.
+    2023): μ_ν, σ_ν piecewise at the target, Q_s piecewise at the *programmed* conductance
+    g_p (as fitted there, and as :func:`scenarios.inference.program` passes it), so its
+    derivative reaches g_T through ∂g_p/∂g_T = 1 + σ_prog'(g_T)·ξ_p.
 
     With ξ from ``rng.normals(seed, STREAM_PROG | STREAM_NU | STREAM_READ, ...)`` at the
     counters the kernels use, g equals ``pcm.program_statistical`` → ``draw_drift_state`` →
-    ``read_drifted`` to rounding (tested). Kinks (clips of the fits, g floored at 0, |·| of
-    ν) take the derivative of the branch in use.
+    ``read_drifted`` to rounding (tested for both presets). Kinks (clips of the fits, the
+    switch between the pieces of a HERMES fit, g floored at 0, |·| of ν) take the derivative
+    of the branch in use.
     """
-    if stat.kind != "joshi2020":
-        raise ValueError("PTO's differentiable device model implements the joshi2020 model")
+    if stat.kind not in DEVICE_MODELS:
+        raise ValueError(f"PTO's differentiable device model implements {DEVICE_MODELS}, "
+                         f"got {stat.kind!r}")
     g_t = np.asarray(g_target, dtype=np.float64)
     g_max = stat.g_max
     g_r = g_t / g_max
@@ -106,15 +169,7 @@ def device_read(g_target, xi_prog, xi_nu, xi_read, t: float, stat: pcm.Statistic
     g_p = np.where(on, g_p_raw, 0.0)
     dg_p = on * (1.0 + dsigma_p * xi_prog)
 
-    floored = g_r > _G_R_FLOOR
-    ln_g = np.log(np.maximum(g_r, _G_R_FLOOR))
-    dln = np.where(floored, 1.0 / np.where(floored, g_t, 1.0), 0.0)
-    mu_raw = -0.0155 * ln_g + 0.0244
-    mu = np.clip(mu_raw, 0.049, 0.1)
-    dmu = -0.0155 * dln * ((mu_raw > 0.049) & (mu_raw < 0.1))
-    sd_raw = -0.0125 * ln_g - 0.0059
-    sd = np.clip(sd_raw, 0.008, 0.045)
-    dsd = -0.0125 * dln * ((sd_raw > 0.008) & (sd_raw < 0.045))
+    mu, dmu, sd, dsd = _drift_fits(g_t, stat)
     m = mu + sd * xi_nu
     nu = stat.drift_scale * np.abs(m)
     dnu = stat.drift_scale * np.sign(m) * (dmu + dsd * xi_nu)
@@ -131,11 +186,11 @@ def device_read(g_target, xi_prog, xi_nu, xi_read, t: float, stat: pcm.Statistic
     g_d = g_p * decay
     dg_d = dg_p * decay - g_p * log_drift * decay * dnu
 
-    root = g_r ** 0.65
-    q_raw = 0.0088 / np.maximum(root, 1e-3)
-    q_s = np.minimum(q_raw, 0.2)
-    live = (root > 1e-3) & (q_raw < 0.2)
-    dq = np.where(live, -0.65 * q_raw / np.where(g_t > 0, g_t, 1.0), 0.0)
+    if stat.model_id == pcm.MODEL_JOSHI:
+        q_s, dq = _read_noise_fit(g_t, stat)
+    else:
+        q_s, dq_dgp = _read_noise_fit(g_p, stat)
+        dq = dq_dgp * dg_p
     noise = stat.read_noise_scale * growth * xi_read
     g_raw = g_d * (1.0 + q_s * noise)
     keep = g_raw > 0
@@ -493,10 +548,12 @@ def mse_clip_scales(tile: TileMap, noise, factors=None):
     scanned over s = f·max_i |w_ij|, f in ``factors`` (default 241 log-spaced values in
     [0.2, 1]; clipping more than 80 % of the range never pays at this device model).
     Closed form per s, no labels, no network: what a mapping can win on the weights alone.
-    Because the device model's σ_g is mostly proportional to g (programming noise 0.26 +
+    Under Joshi et al.'s model σ_g is mostly proportional to g (programming noise 0.26 +
     1.97·g_r − 1.17·g_r² µS at g_max = 25 µS; the 1/f term ∝ g^0.35; the drift spread
-    relative), σ(w; s) depends on s only through the offset and curvature terms, which bounds
-    what any choice of s can do. Fixed mapping only (gain 1, one column per output).
+    relative), so σ(w; s) depends on s only through the offset and curvature terms, which
+    bounds what any choice of s can do; HERMES' programming noise (0.17 + 4.72·g_r −
+    8.48·g_r² + 4.69·g_r³ µS at 20.7 µS) is nearly flat above g_r ≈ 0.2, so there σ(w; s)
+    falls with s. Fixed mapping only (gain 1, one column per output).
 
     Returns (scales (n_cols,), E_j at the max-abs scale, E_j at the chosen scale).
     """

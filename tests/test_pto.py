@@ -27,18 +27,23 @@ def batch():
     return gen.uniform(0, 1, (32, 64)), gen.integers(0, 10, 32)
 
 
-@pytest.mark.parametrize("t", [1.0, 86400.0, 3.1536e7])
+@pytest.mark.parametrize("t", [1.0, 3600.0, 86400.0, 3.1536e7])
 @pytest.mark.parametrize("drift_time", ["clamped", "shifted"])
-def test_device_model_is_the_kernels_with_the_same_draws(t, drift_time):
+@pytest.mark.parametrize("preset", [pcm.JOSHI_2020, pcm.HERMES_2023], ids=lambda s: s.kind)
+def test_device_model_is_the_kernels_with_the_same_draws(t, drift_time, preset):
     """With the normals of the kernels' streams and counters, PTO's numpy model reads the
-    same conductances as program_statistical -> draw_drift_state -> read_drifted."""
-    stat = pcm.StatisticalModel(drift_time=drift_time)
+    same conductances as program_statistical -> draw_drift_state -> read_drifted, for both
+    presets (HERMES: Q_s from the programmed conductance; 1 s and 1 h lie before and after
+    its t0 = 300 s). The targets cross every piece of the HERMES fits."""
+    stat = dataclasses.replace(preset, drift_time=drift_time)
     seed, n = 123, 4000
     g_t = np.concatenate([np.zeros(100), np.linspace(0, 1, n - 100) ** 2]) * stat.g_max
     g_p, nu, q_s = np.empty(n), np.empty(n), np.empty(n)
     pcm.program_statistical(g_t, g_p, stat.g_max, np.asarray(stat.prog_coeff),
                             stat.prog_coeff_g_ref, 1.0, np.uint64(seed), np.uint64(0))
-    pcm.draw_drift_state(g_t, g_t, stat.g_max, 0, 1.0, np.uint64(seed), np.uint64(0), nu, q_s)
+    g_for_qs = g_t if stat.kind == "joshi2020" else g_p
+    pcm.draw_drift_state(g_t, g_for_qs, stat.g_max, stat.model_id, 1.0, np.uint64(seed),
+                         np.uint64(0), nu, q_s)
     kernel = np.empty((1, n))
     pcm.read_drifted(g_p, np.zeros(n), nu, q_s, np.array([t]), np.array([9], dtype=np.uint64),
                      stat.t0, stat.t_read, stat.shifted, 1.0, np.uint64(seed), kernel)
@@ -48,19 +53,48 @@ def test_device_model_is_the_kernels_with_the_same_draws(t, drift_time):
     np.testing.assert_allclose(g, kernel[0], rtol=1e-12, atol=1e-12 * stat.g_max)
 
 
-def test_device_derivative_matches_finite_differences():
-    stat = pcm.JOSHI_2020
+@pytest.mark.parametrize("t", [86400.0, 3.1536e7])
+@pytest.mark.parametrize("preset", [pcm.JOSHI_2020, pcm.HERMES_2023], ids=lambda s: s.kind)
+def test_device_derivative_matches_finite_differences(preset, t):
+    """∂g/∂g_T against central differences (step 1e-7·g_max; no kink within a step of the
+    points at this seed). Targets from 0.002·g_max, where the HERMES log fits are live, to
+    g_max, through every piece of its μ_ν, σ_ν and Q_s fits."""
+    stat = preset
     gen = np.random.default_rng(4)
     g_t = gen.uniform(0.002, 1.0, 400) * stat.g_max
     xi = gen.standard_normal((3, 400))
     h = 1e-7 * stat.g_max
 
     def read(g):
-        return pto.device_read(g, *xi, 86400.0, stat)
+        return pto.device_read(g, *xi, t, stat)
 
     fd = (read(g_t + h)[0] - read(g_t - h)[0]) / (2 * h)
     np.testing.assert_allclose(read(g_t)[1], fd, rtol=1e-5, atol=1e-7)
-    assert np.ptp(read(g_t)[1]) > 0.1  # not a constant: programming noise grows with g_T
+    assert np.ptp(read(g_t)[1]) > 0.1  # not a constant: programming noise varies with g_T
+
+
+@pytest.mark.parametrize("t", [86400.0, 3.1536e7])
+def test_hermes_fit_derivatives_match_finite_differences_on_every_piece(t):
+    """The HERMES pieces one at a time, noise-free except one source, so a wrong slope of a
+    single fit cannot hide behind the others: drift exponent (μ_ν with ξ_ν = 0, σ_ν with
+    ξ_ν = 2) on both sides of g_r = 0.0945 and 0.3055, and Q_s (programming noise off, read
+    noise on) on both sides of g_r = 0.16."""
+    stat = pcm.HERMES_2023
+    g_r = np.array([0.01, 0.05, 0.09, 0.1, 0.2, 0.3, 0.31, 0.6, 0.95])
+    g_t = g_r * stat.g_max
+    h = 1e-7 * stat.g_max
+    zeros = np.zeros_like(g_t)
+    quiet = dataclasses.replace(stat, prog_noise_scale=0.0)
+    for xi_nu, xi_read in ((0.0, 0.0), (2.0, 0.0), (0.0, 1.5)):
+        xi = (zeros, zeros + xi_nu, zeros + xi_read)
+
+        def read(g, xi=xi):
+            return pto.device_read(g, *xi, t, quiet)
+
+        fd = (read(g_t + h)[0] - read(g_t - h)[0]) / (2 * h)
+        np.testing.assert_allclose(read(g_t)[1], fd, rtol=1e-6)
+        # the derivative differs from the drift-free slope g/g_T: the fits are at work
+        assert np.max(np.abs(read(g_t)[1] - read(g_t)[0] / g_t)) > 1e-3
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "cnn"])
@@ -164,20 +198,22 @@ def test_bad_settings_are_rejected(batch):
         pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(parameters="all"), seed=1)
     with pytest.raises(ValueError, match="schedule"):
         pto.optimise(net, tiles, hw, x, y, rows, pto.PTOSettings(schedule="step"), seed=1)
-    with pytest.raises(ValueError, match="joshi2020"):
+    with pytest.raises(ValueError, match="hermes2023"):
         pto.device_read(np.ones(3), np.zeros(3), np.zeros(3), np.zeros(3), 1.0,
-                        pcm.HERMES_2023)
+                        dataclasses.replace(pcm.JOSHI_2020, kind="yet_another_pcm"))
 
 
-def test_tile_model_with_the_chips_draws_is_the_harness():
+@pytest.mark.parametrize("preset", [pcm.JOSHI_2020, pcm.HERMES_2023], ids=lambda s: s.kind)
+def test_tile_model_with_the_chips_draws_is_the_harness(preset):
     """With the normals of a programmed chip (pto.chip_draws at the harness's read counters)
     the tile model's cross-entropy equals that of the harness's logits (scenarios.inference
     evaluate path: DAC/ADC through crossbar.tile_mvm, global drift compensation against the
-    reference read at t_calibrate): PTO optimises the objective the chips are scored on."""
+    reference read at t_calibrate): PTO optimises the objective the chips are scored on, on
+    either device preset."""
     net = small_net("cnn", 5)
     gen = np.random.default_rng(8)
     x, y = gen.uniform(0, 1, (48, 64)), gen.integers(0, 10, 48)
-    hw = inference.Hardware(tile_rows=40, tile_cols=8)
+    hw = inference.Hardware(stat=preset, tile_rows=40, tile_cols=8)
     rows = inference.layer_rows(net, x[:16])
     tiles = inference.map_network(net, hw, rows, "fixed")
     t, device_seed, counter = 86400.0, 7, inference._READ_COUNTER0 + 3
