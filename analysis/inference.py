@@ -49,6 +49,10 @@ def summary_lines(trace: Trace) -> list[str]:
     metrics = trace.metrics()
     lines = [f"  test accuracy (%), mean ± std over device seeds {rows[0]['seeds']}, with "
              "global drift compensation"]
+    resolved = json.loads(str(trace.attrs.get("scenario_resolved", "{}")))
+    device = resolved.get("device", {}).get("model")
+    if device:
+        lines.insert(0, f"  PCM device model: {device}")
     for arch in _names(trace, "inference_architectures"):
         mine = [r for r in rows if r["architecture"] == arch]
         times = mine[0]["t"]
