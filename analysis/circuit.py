@@ -60,10 +60,19 @@ def table_lines(metrics: dict, char: dict, options: dict) -> list[str]:
         f"  {'model':<10}{'RMS (T)':>10}{'RMS (ns)':>10}{'max (ns)':>10}{'mean (ns)':>11}"
         f"{'fire disagree':>15}",
     ]
-    for model in ("bottom_up", "top_down"):
-        lines.append(f"  {model:<10}{m[f'rms_{model}']:>10.4f}{m[f'rms_{model}'] * t_ns:>10.2f}"
+    for model in ("bottom_up", "top_down", "top_down_mid", "top_down_fit"):
+        if f"rms_{model}" not in m:
+            continue
+        lines.append(f"  {model:<13}{m[f'rms_{model}']:>7.4f}{m[f'rms_{model}'] * t_ns:>10.2f}"
                      f"{m[f'max_abs_{model}'] * t_ns:>10.2f}{m[f'mean_{model}'] * t_ns:>11.2f}"
                      f"{int(m[f'disagree_{model}']):>15d}")
+    if "rms_top_down_mid" in m:
+        lines.append("  top_down: the ideal mapping (currents at the reset level, ideal "
+                     "discharge); top_down_mid: currents and discharge at mid-swing from the "
+                     "characterisation; top_down_fit: gains fitted to these circuit runs "
+                     "(in-sample oracle)")
+        lines.append(f"  bottom-up RMS / top_down_mid RMS: {m['rms_ratio_top_down_mid']:.3f}; "
+                     f"/ top_down_fit RMS: {m['rms_ratio_top_down_fit']:.3f}")
     lines.append(f"  bottom-up / top-down RMS: {m['rms_ratio']:.3f}; circuit fired in "
                  f"{int(m['circuit_fired'])} of {int(m['pairs'])} (trial, neuron) pairs; "
                  f"{int(m['n_clipped'])} weights clipped")

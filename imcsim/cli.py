@@ -169,7 +169,7 @@ def _sweep_summary(directory: Path):
 # Study tables whose analysis module gives ``summary_lines(trace)`` (printed by ``info``)
 # and ``figure(trace, out)`` (drawn by ``plot``).
 STUDY_ANALYSIS = {"network": "network", "training": "training", "spiking": "spiking",
-                  "inference": "inference"}
+                  "inference": "inference", "circuit": "circuit"}
 
 
 def _study_analysis(kind):

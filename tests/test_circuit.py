@@ -256,6 +256,15 @@ def test_comparison_bottom_up_beats_top_down(sim, char16, tmp_path):
     assert e["bottom_up"]["rms"] <= 0.1 * e["top_down"]["rms"], e
     assert e["bottom_up"]["rms"] < 0.015, e  # 15 ns of a 1 µs phase
     assert np.sum(result.circuit.t_spike < 1.0) >= 40  # most of the 80 fire in the window
+    # The stronger top-down baselines: unit gains are the ideal mapping itself; mid-swing
+    # currents remove most of the ideal mapping's bias; the bottom-up model beats even the
+    # oracle fitted to these circuit runs.
+    np.testing.assert_array_equal(cp.top_down_times(t_in, result.params, 1.0, 1.0, 1.0),
+                                  result.t_top_down)
+    assert e["top_down_mid"]["rms"] < 0.5 * e["top_down"]["rms"], e
+    assert abs(e["top_down_mid"]["mean"]) < abs(e["top_down"]["mean"]), e
+    assert e["top_down_fit"]["rms"] <= e["top_down_mid"]["rms"], e
+    assert e["bottom_up"]["rms"] < 0.75 * e["top_down_fit"]["rms"], e
     path = tmp_path / "cmp.h5"
     cp.write_trace(path, result, {"inputs": 16, "neurons": 4, "trials": 20, "seed": 2026},
                    sim)
@@ -274,6 +283,7 @@ def test_comparison_bottom_up_beats_top_down(sim, char16, tmp_path):
         np.testing.assert_array_equal(back["t_spike"], result.circuit.t_spike)
         lines = analysis.summary_lines(tr)
         assert any(line.strip().startswith("bottom_up") for line in lines)
+        assert any(line.strip().startswith("top_down_fit") for line in lines)
         analysis.figure(tr, tmp_path / "cmp.png")
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
