@@ -314,7 +314,8 @@ def test_recovery_is_defined_only_where_the_baseline_loses():
 @pytest.mark.parametrize("name", ["inference_robustness.toml", "inference_robustness_hermes.toml",
                                   "inference_noise_sources.toml", "inference_pto_ablation.toml",
                                   "inference_range_bound.toml",
-                                  "inference_range_bound_hermes.toml"])
+                                  "inference_range_bound_hermes.toml",
+                                  "inference_pto_ablation_hermes.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 
