@@ -84,7 +84,9 @@ def table_lines(metrics: dict, char: dict, options: dict) -> list[str]:
                      f"digits through ngspice:")
         lines.append(f"  {'trained for':<12}{'model (full test)':>18}{'model':>8}"
                      f"{'circuit':>9}{'agree':>7}{'clipped':>9}")
-        for model in ("bottom_up", "top_down"):
+        for model in ("bottom_up", "top_down", "top_down_mid"):
+            if f"acc_model_full_{model}" not in m:
+                continue
             lines.append(f"  {model:<12}{100 * m[f'acc_model_full_{model}']:>17.1f}%"
                          f"{100 * m[f'acc_model_{model}']:>7.1f}%"
                          f"{100 * m[f'acc_circuit_{model}']:>8.1f}%"

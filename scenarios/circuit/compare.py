@@ -309,7 +309,10 @@ def trained_network_check(sim: Simulator, design: nl.CoreDesign, parasitics: nl.
     """Train bottom-up (E₊, E₋ at the characterised w = 0.1 bias, E_dis of the discharger)
     and top-down (β = 0) by DSTD with :func:`imcsim.scenarios.spiking.train` (same seed,
     same data), map both weight sets to gate biases and run the first ``n_test`` test digits
-    through ngspice (both networks in one process)."""
+    through ngspice (both networks in one process). The top-down network goes to the
+    circuit twice: with the ideal mapping (current at the reset level = trained weight) and
+    as ``top_down_mid``, currents matching the weights at mid-swing — its best simple
+    mapping."""
     from imcsim.scenarios import spiking as study
 
     t0 = time.perf_counter()
@@ -324,17 +327,27 @@ def trained_network_check(sim: Simulator, design: nl.CoreDesign, parasitics: nl.
     out = {k: {} for k in ("weights", "n_clipped", "t_circuit", "t_model", "acc_full", "acc",
                            "acc_c", "agree")}
     biases = {}
-    for model in ("bottom_up", "top_down"):
-        net = study.train(cfg, model, "dstd", data)
+    nets = {}
+    for model in ("bottom_up", "top_down", "top_down_mid"):
+        if model == "top_down_mid":
+            # The top-down network mapped at its best: each current set so that it equals
+            # the trained weight at mid-swing (v = 1/2) instead of at the reset level.
+            net = nets["top_down"]
+            beta = np.where(net.weights[0] >= 0.0, 1.0 / e_train["e_plus"],
+                            1.0 / e_train["e_minus"])
+            w_map = net.weights[0] / (1.0 - 0.5 * beta)
+        else:
+            net = nets[model] = study.train(cfg, model, "dstd", data)
+            w_map = net.weights[0]
         w = net.weights[0]
-        bias_n, bias_p, _, clipped = ch.weights_to_bias(char, w.T[None])
+        bias_n, bias_p, _, clipped = ch.weights_to_bias(char, w_map.T[None])
         biases[model] = (bias_n, bias_p)
         out["weights"][model], out["n_clipped"][model] = w, clipped
         out["t_model"][model] = net.spike_times(t_in)
         out["acc_full"][model] = net.accuracy(data.x_test, data.y_test)
         out["acc"][model] = float(np.mean(_predict(out["t_model"][model]) == labels))
     n = t_in.shape[0]
-    all_t = np.concatenate([t_in, t_in])
+    all_t = np.concatenate([t_in] * len(biases))
     all_n = np.concatenate([np.repeat(biases[m][0], n, axis=0) for m in biases])
     all_p = np.concatenate([np.repeat(biases[m][1], n, axis=0) for m in biases])
     run = run_circuit(sim, d, parasitics, all_t, all_n, all_p)
