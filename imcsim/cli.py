@@ -287,9 +287,15 @@ def plot(trace, out, run):
     if run is None:
         try:
             with open_trace(trace) as f:
-                study = bool(run_names(f)) and "series" not in f
+                names = run_names(f)
+                study = bool(names) and "series" not in f
+                kinds = {str(f[f"runs/{n}"].attrs.get("scenario_kind", "pcm_array"))
+                         for n in names if f"runs/{n}" in f}
         except InputError as exc:
             _fail(str(exc))
+        if study and kinds - {"pcm_array"}:
+            _fail(f"{trace}: a study of {', '.join(sorted(kinds))} runs has one figure per "
+                  f"run: add --run NAME (runs: {', '.join(names)})")
         if study:
             with np.errstate(all="ignore"):
                 programming_figure(trace, out)

@@ -686,3 +686,29 @@ def test_query_prints_scalar_series_and_summaries(tiny_trace):
     assert mean == pytest.approx(nu.data[0].mean(), rel=1e-5)
     res = invoke("query", tiny_trace, "no_such_series")
     assert res.exit_code == 2 and "no series 'no_such_series'" in res.stderr
+
+
+def test_plot_of_a_study_of_study_runs_asks_for_one_run(tmp_path):
+    """A study file whose runs are spiking studies has no combined figure: ``plot`` says to
+    pick a run (one line, exit 2), and draws that run's figure with --run."""
+    from click.testing import CliRunner
+
+    from imcsim.cli import main
+
+    toml = tmp_path / "study.toml"
+    toml.write_text('[run]\nname = "two"\nseed = 1\n'
+                    '[spiking]\nhidden = []\nepochs = 1\nseeds = [0]\nmodels = ["top_down"]\n'
+                    'methods = ["exact"]\n'
+                    '[[variant]]\nname = "a"\n"spiking.lr" = 0.01\n'
+                    '[[variant]]\nname = "b"\n"spiking.lr" = 0.02\n')
+    out = tmp_path / "study.h5"
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", str(toml), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["plot", str(out), "-o", str(tmp_path / "f.png")])
+    assert result.exit_code == 2
+    assert "--run NAME" in result.output and "runs: a, b" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(main, ["plot", str(out), "--run", "b", "-o", str(tmp_path / "f.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f.png").stat().st_size > 10_000
