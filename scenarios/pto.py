@@ -31,8 +31,12 @@ How much any range choice can buy is bounded by the device model. Under Joshi et
 model the noise is mostly proportional to the conductance, so in weight units σ(w; s) hardly
 depends on the column scale s (:func:`mse_clip_scales`; on the default study's CNN the
 expected-weight-error optimal clipping lowers the rms weight error by 2.4 %). HERMES'
-programming noise is nearly flat above g_r ≈ 0.2 (additive-like), so there a narrower range
-trades clipping error against a noise in weight units that falls in proportion to s.
+programming noise is nearly flat above g_r ≈ 0.2, but at 1 day its 1/f read noise and
+drift-exponent spread, which grow with g, are as large, so the bound barely moves: 2.7 % on
+the same CNN (scenarios/inference_range_bound_hermes.toml). There PTO's column ranges
+nevertheless buy most of its gain (scenarios/inference_pto_ablation_hermes.toml) while the
+rms weight error falls less than under the MSE-optimal clipping: what PTO finds is not a
+lower weight error but (our reading) a distribution of it that the loss is less sensitive to.
 
 Tile model (normalised units, as in :mod:`scenarios.inference`):
 
@@ -552,8 +556,9 @@ def mse_clip_scales(tile: TileMap, noise, factors=None):
     1.97·g_r − 1.17·g_r² µS at g_max = 25 µS; the 1/f term ∝ g^0.35; the drift spread
     relative), so σ(w; s) depends on s only through the offset and curvature terms, which
     bounds what any choice of s can do; HERMES' programming noise (0.17 + 4.72·g_r −
-    8.48·g_r² + 4.69·g_r³ µS at 20.7 µS) is nearly flat above g_r ≈ 0.2, so there σ(w; s)
-    falls with s. Fixed mapping only (gain 1, one column per output).
+    8.48·g_r² + 4.69·g_r³ µS at 20.7 µS) is nearly flat above g_r ≈ 0.2, but its 1/f and
+    drift terms grow with g, so at 1 day the bound is about as tight (module docstring).
+    Fixed mapping only (gain 1, one column per output).
 
     Returns (scales (n_cols,), E_j at the max-abs scale, E_j at the chosen scale).
     """
