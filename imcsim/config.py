@@ -26,6 +26,7 @@ import numpy as np
 from imcsim.errors import InputError
 from imcsim.physics import crossbar, pcm
 from imcsim.scenarios.programming import GDPPolicy
+from imcsim.scenarios.spiking import SpikingConfig
 
 # ----------------------------------------------------------------------------------------
 # Generic validation
@@ -586,6 +587,8 @@ class TrainingSection:
 # ----------------------------------------------------------------------------------------
 # Spiking core studies (issue 5): scenarios.spiking
 
+_SPIKING_DEFAULTS = SpikingConfig()
+
 
 @dataclass(frozen=True)
 class SpikingSection:
@@ -608,25 +611,26 @@ class SpikingSection:
     penalty), ``init_mean``, ``init_std`` (v(1) at initialisation) dimensionless; ``batch``
     samples per minibatch."""
 
-    hidden: tuple[int, ...] = (16,)
-    epochs: int = 30
-    batch: int = 32
-    lr: float = 0.01
-    tau_in: float = 1.0
-    tau_soft: float = 0.07
-    gamma1: float = 0.02
-    t_ref: float = 0.9
-    dstd_steps: int = 15
-    spike_noise: float = 0.01
-    e_plus: float = 2.80
-    e_minus: float = -1.53
-    e_dis: float = 6.44
-    fire_rate: Literal["unit", "calibrated"] = "unit"
-    leak: float = 0.0
-    init_mean: float = 0.5
-    init_std: float = 0.3
-    pool: Literal[1, 2, 4] = 2
-    split_seed: int = 0
+    # Training settings default to those of scenarios.spiking.SpikingConfig (one source).
+    hidden: tuple[int, ...] = _SPIKING_DEFAULTS.hidden
+    epochs: int = _SPIKING_DEFAULTS.epochs
+    batch: int = _SPIKING_DEFAULTS.batch
+    lr: float = _SPIKING_DEFAULTS.lr
+    tau_in: float = _SPIKING_DEFAULTS.tau_in
+    tau_soft: float = _SPIKING_DEFAULTS.tau_soft
+    gamma1: float = _SPIKING_DEFAULTS.gamma1
+    t_ref: float = _SPIKING_DEFAULTS.t_ref
+    dstd_steps: int = _SPIKING_DEFAULTS.dstd_steps
+    spike_noise: float = _SPIKING_DEFAULTS.spike_noise
+    e_plus: float = _SPIKING_DEFAULTS.e_plus
+    e_minus: float = _SPIKING_DEFAULTS.e_minus
+    e_dis: float = _SPIKING_DEFAULTS.e_dis
+    fire_rate: Literal["unit", "calibrated"] = _SPIKING_DEFAULTS.fire_rate
+    leak: float = _SPIKING_DEFAULTS.leak
+    init_mean: float = _SPIKING_DEFAULTS.init_mean
+    init_std: float = _SPIKING_DEFAULTS.init_std
+    pool: Literal[1, 2, 4] = _SPIKING_DEFAULTS.pool
+    split_seed: int = _SPIKING_DEFAULTS.split_seed
     models: tuple[Literal["bottom_up", "top_down"], ...] = ("bottom_up", "top_down")
     methods: tuple[Literal["dstd", "exact"], ...] = ("dstd", "exact")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -659,8 +663,6 @@ class SpikingSection:
 
     def config(self, seed: int):
         """The training settings of one seed (the study-level fields left out)."""
-        from imcsim.scenarios.spiking import SpikingConfig
-
         settings = {k: v for k, v in to_dict(self).items()
                     if k not in ("models", "methods", "seeds")}
         settings["hidden"] = tuple(settings["hidden"])
