@@ -72,15 +72,18 @@ def summary_lines(trace: Trace) -> list[str]:
         by_method = {r["method"]: r for r in mine}
         if "sgd_maxabs" in by_method:
             lines.append("    paired difference to sgd_maxabs on the same chips (points), "
-                         "mean ± std over seeds:")
+                         "mean ± std over seeds (standard error of the mean):")
+            lines.append(_time_header(times))
             base = trace.series(f"accuracy_{arch}_sgd_maxabs").data
             for r in mine:
                 if r["method"] in ("float", "sgd_maxabs"):
                     continue
                 diff = 100 * (trace.series(f"accuracy_{arch}_{r['method']}").data - base)
                 spread = diff.std(axis=1, ddof=1) if diff.shape[1] > 1 else 0 * diff[:, 0]
+                sem = spread / np.sqrt(diff.shape[1])
                 lines.append(f"    {r['method']:<20}" + "".join(
-                    f"{m:>+9.2f} ± {s:4.2f}" for m, s in zip(diff.mean(axis=1), spread)))
+                    f"{m:>+9.2f} ± {s:4.2f} ({e:4.2f})"
+                    for m, s, e in zip(diff.mean(axis=1), spread, sem)))
         for method in by_method:
             key = f"pto_{arch}_{method}_holdout_start"
             if key in metrics and np.isfinite(metrics[key][0]):
@@ -94,24 +97,48 @@ def summary_lines(trace: Trace) -> list[str]:
         if key in metrics:
             lines.append(f"    MSE-optimal column clipping: rms weight error x "
                          f"{metrics[key][0]:.3f} of max-abs (device model at t_train)")
-        if {"float", "sgd_maxabs", "pto_sgd"} <= set(by_method):
-            lines.append("    PTO on SGD, share of the float − max-abs loss recovered "
-                         "(loss ± its standard error over seeds):")
-            base, pto, flt = by_method["sgd_maxabs"], by_method["pto_sgd"], by_method["float"]
-            n = len(rows[0]["seeds"])
-            for k, t in enumerate(times):
-                lost = flt["mean"][k] - base["mean"][k]
-                sem = base["std"][k] / np.sqrt(n)
-                key = f"pto_recovery_{arch}_t{t:g}"
-                share = metrics.get(key, (np.nan, ""))[0]
-                text = (f"{100 * share:.0f} %" if np.isfinite(share)
-                        else "loss below 2 standard errors: nothing to measure")
-                lines.append(f"      {_time_label(t):>6}: loss {100 * lost:5.2f} ± "
-                             f"{100 * sem:4.2f} points, PTO gains "
-                             f"{100 * (pto['mean'][k] - base['mean'][k]):5.2f}: {text}")
+        if {"float", "sgd_maxabs"} <= set(by_method) and len(by_method) > 2:
+            lines.extend(_recovery_lines(trace, arch, [r["method"] for r in mine], times))
     lines.append("  needs to know:")
     for r in rows[:len(_names(trace, "inference_methods"))]:
         lines.append(f"    {r['method']:<20}{r['needs']}")
+    return lines
+
+
+def _time_header(times) -> str:
+    return (f"    {'':<20}" + "".join(f"{_time_label(t):>20}   " for t in times)).rstrip()
+
+
+def _recovery_lines(trace: Trace, arch: str, methods: list[str], times) -> list[str]:
+    """Per method and time, the share of the float − sgd_maxabs loss it wins back on the same
+    chips, with the 95 % paired bootstrap interval over device seeds
+    (``scenarios.inference.recovery_interval``), and the loss itself ± its standard error."""
+    from imcsim.scenarios.inference import recovery, recovery_interval
+
+    flt = trace.series(f"accuracy_{arch}_float").data
+    base = trace.series(f"accuracy_{arch}_sgd_maxabs").data
+    n = base.shape[1]
+    sem = base.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(times))
+    lines = ["    share of the float − sgd_maxabs loss won back, % [95 % paired bootstrap "
+             "interval over seeds]",
+             _time_header(times),
+             f"    {'loss (points)':<20}" + "".join(
+                 f"{100 * (f - b):>13.2f} ± {100 * e:4.2f}   "
+                 for f, b, e in zip(flt.mean(axis=1), base.mean(axis=1), sem)).rstrip()]
+    for method in methods:
+        if method in ("float", "sgd_maxabs"):
+            continue
+        remedy = trace.series(f"accuracy_{arch}_{method}").data
+        cells = []
+        for k in range(len(times)):
+            share = recovery(flt[k], base[k], remedy[k])
+            if not np.isfinite(share):
+                cells.append(f"{'no loss':>20}   ")
+                continue
+            low, high = recovery_interval(flt[k], base[k], remedy[k])
+            cells.append(f"{100 * share:>8.0f} [{100 * low:4.0f}, {100 * high:4.0f}]   ")
+        lines.append((f"    {method:<20}" + "".join(cells)).rstrip())
+    lines.append("    (no loss: the loss is below 2 standard errors of the baseline's mean)")
     return lines
 
 
