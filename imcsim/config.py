@@ -725,7 +725,9 @@ class InferenceSection:
     [periphery] DAC/ADC bits, v_read and ADC full scale), and evaluated by each of
     ``methods`` on the devices of every one of ``device_seeds`` at ``times`` (s after
     programming) with global drift compensation referenced at ``t_calibrate`` (s) on
-    ``calibration_images`` training images (also PTO's calibration set). ``percentile``: the
+    ``calibration_images`` training images (also PTO's calibration set; with
+    ``calibration_source`` "holdout" they are withheld from every training, with "train" the
+    networks are trained on them too). ``percentile``: the
     DAC range of "sgd_percentile" (percentile of |input|); ``afp_gain``: γ of the analog
     floating-point mapping; ``pto``: the range optimiser."""
 
@@ -741,10 +743,11 @@ class InferenceSection:
     penalty_mode: Literal["full", "frozen"] = "full"
     probes: int = 1
     methods: tuple[Literal[INFERENCE_METHODS], ...] = INFERENCE_METHODS
-    device_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
+    device_seeds: tuple[int, ...] = tuple(range(1, 21))
     times: tuple[float, ...] = (1.0, 3600.0, 86400.0, 3.1536e7)
     t_calibrate: float = 1.0
     calibration_images: int = 256
+    calibration_source: Literal["train", "holdout"] = "train"
     tile_rows: int = 256
     tile_cols: int = 256
     percentile: float = 99.9

@@ -543,7 +543,18 @@ class InferenceRun:
             if name not in self.trainings:
                 self.trainings.append(name)
         with threadpool_limits(1, user_api="blas"):
-            self.data = digits.load_digits_split(sec.train_seed)
+            split = digits.load_digits_split(sec.train_seed)
+        n_cal = sec.calibration_images
+        if n_cal >= split.x_train.shape[0]:
+            raise InputError(f"inference.calibration_images: {n_cal} is not below the "
+                             f"{split.x_train.shape[0]} training images")
+        # The calibration images set the DAC ranges, the drift-compensation reference and
+        # PTO's objective. "train": the first training images, which every network was also
+        # trained on (the usual post-training calibration set); "holdout": the same images
+        # withheld from every training, so that PTO fits data its network never saw.
+        self.x_cal, self.y_cal = split.x_train[:n_cal], split.y_train[:n_cal]
+        self.data = (split if sec.calibration_source == "train" else digits.DataSplit(
+            split.x_train[n_cal:], split.y_train[n_cal:], split.x_test, split.y_test))
         self.features = self.data.x_train.shape[1]
         self.classes = int(self.data.y_train.max()) + 1
         self.shapes = {a: robust_training.build_net(a, self.features, self.classes,
@@ -741,8 +752,7 @@ class InferenceRun:
             if progress is not None:
                 progress(1)
         data = self.data
-        x_cal = data.x_train[:sec.calibration_images]
-        y_cal = data.y_train[:sec.calibration_images]
+        x_cal, y_cal = self.x_cal, self.y_cal
         if "sgd" in nets:
             w.set_metric(f"float_accuracy_{arch}",
                          accuracy(layer_forward(nets["sgd"], data.x_test), data.y_test))

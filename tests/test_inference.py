@@ -211,6 +211,7 @@ def test_one_and_two_threads_give_the_same_bytes(tiny_trace, tmp_path, read_data
     ('afp_gain = 1.0', "afp_gain"),
     ('t_calibrate = -1.0', "t_calibrate"),
     ('percentile = 0.0', "percentile"),
+    ('calibration_source = "test"', "calibration_source"),
 ])
 def test_bad_inference_tables_are_input_errors(change, field):
     text = TINY.replace("[inference]\n", f"[inference]\n{change}\n")
@@ -222,11 +223,27 @@ def test_unsupported_hardware_is_an_input_error_before_any_file(tmp_path):
     for text, field in ((TINY.replace("[periphery]\n", "[periphery]\nr_wire_row = 1.0\n"),
                          "periphery.r_wire_row"),
                         (TINY.replace("[run]", '[device]\nmodel = "ecram2030"\n[run]'),
-                         "device.model")):
+                         "device.model"),
+                        (TINY.replace("calibration_images = 64", "calibration_images = 1347"),
+                         "inference.calibration_images")):
         out = tmp_path / "never.h5"
         with pytest.raises(InputError, match=field):
             run_scenario(parse_scenario(text), out)
         assert not out.exists()
+
+
+def test_holdout_calibration_images_are_never_trained_on():
+    """With calibration_source = "holdout" the calibration images (DAC ranges, GDC reference,
+    PTO's data) are withheld from every training; with "train" the networks see them."""
+    for source, overlap in (("train", True), ("holdout", False)):
+        text = TINY.replace("[inference]\n", f'[inference]\ncalibration_source = "{source}"\n')
+        run = inference.InferenceRun(parse_scenario(text), 0)
+        assert run.x_cal.shape == (64, 64)
+        trained = {row.tobytes() for row in run.data.x_train}
+        seen = [row.tobytes() in trained for row in run.x_cal]
+        assert all(seen) if overlap else not any(seen)
+        assert run.data.x_train.shape[0] == 1347 - (0 if overlap else 64)
+        assert run.data.x_test.shape[0] == 450
 
 
 def test_hermes_study_runs_on_the_hermes_device(tiny_trace, tmp_path):
@@ -352,7 +369,8 @@ def test_recovery_interval_covers_the_true_share_at_its_level():
                                   "inference_noise_sources.toml", "inference_pto_ablation.toml",
                                   "inference_range_bound.toml",
                                   "inference_range_bound_hermes.toml",
-                                  "inference_pto_ablation_hermes.toml"])
+                                  "inference_pto_ablation_hermes.toml",
+                                  "inference_pto_calibration.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 
