@@ -289,8 +289,12 @@ def test_device_moments_match_monte_carlo_of_the_pcm_kernels(device, t):
         g = out[0, sl] / drift.mean()
         assert abs(g.mean() - mean[j]) < 5 * g.std() / np.sqrt(n), level
         if device.kind == "hermes2023" and level == 0.0:
-            continue  # HERMES reads Q_s at the programmed g (not the target): model differs
-        assert within(g, var[j]), (level, g.var(), var[j])
+            # HERMES reads Q_s at the programmed g, the closed form at the target: not exact
+            # for the rectified RESET device, but σ within 0.5 % here (≤ 1.3 % at any level
+            # with 200,000 devices), so a 2 % bound
+            assert abs(g.std() / np.sqrt(var[j]) - 1.0) < 0.02, (g.std(), np.sqrt(var[j]))
+        else:
+            assert within(g, var[j]), (level, g.var(), var[j])
         reset = g if level == 0.0 else reset
         if reset is not None and level > 0.0:  # a pair: G⁺ at the level, its G⁻ RESET
             assert within(g - reset, pair_sigma[j] ** 2), level
