@@ -673,7 +673,8 @@ class SpikingSection:
 # Inference-robustness studies (issue 7): scenarios.inference
 
 
-INFERENCE_METHODS = ("float", "sgd_maxabs", "sgd_percentile", "sgd_fixed2", "noise", "hasgd",
+INFERENCE_METHODS = ("float", "sgd_maxabs", "sgd_maxabs_tile", "sgd_percentile", "sgd_fixed2",
+                     "noise", "hasgd",
                      "afp", "afp_hasgd", "pto_sgd", "pto_noise", "sgd_mse_clip",
                      "pto_sgd_oracle", "pto_sgd_chip_oracle")
 

@@ -267,6 +267,13 @@ def map_network(net, hw: Hardware, rows_calibration: list[np.ndarray], kind: str
     return tiles
 
 
+def tile_wide_scales(tiles: list[TileMap]) -> list[np.ndarray]:
+    """One weight scale per tile, the largest of its column scales (for max-abs columns: the
+    largest |w| of the block), so that only the tile's largest weight reaches g_max — the
+    mapping of the GDP network check and aihwkit's default (per-tile, not per-column)."""
+    return [np.full_like(t.scale, t.scale.max()) for t in tiles]
+
+
 def with_ranges(tiles: list[TileMap], scales: list[np.ndarray], input_ranges: list[float]
                 ) -> list[TileMap]:
     """Copies of ``tiles`` with new column scales and DAC ranges (e.g. chosen by PTO)."""
@@ -431,6 +438,8 @@ def evaluate(net, tiles: list[TileMap], hw: Hardware, device_seed: int, times, x
 NEEDS = {
     "float": "nothing (digital reference)",
     "sgd_maxabs": "tile size; calibration inputs for the DAC range (max |x|)",
+    "sgd_maxabs_tile": "tile size; calibration inputs for the DAC range (max |x|); one weight "
+                       "scale per tile (max |w| of its block), no per-column scale",
     "sgd_percentile": "tile size; calibration inputs for the DAC range (percentile of |x|)",
     "sgd_fixed2": "tile size; calibration inputs; two pairs per weight (2x devices, columns)",
     "noise": "device noise model sigma(g) at the deployment time (programming, drift "
@@ -456,7 +465,8 @@ NEEDS = {
 }
 
 # The trained network each method starts from.
-TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_percentile": "sgd",
+TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_maxabs_tile": "sgd",
+               "sgd_percentile": "sgd",
                "sgd_fixed2": "sgd", "afp": "sgd", "pto_sgd": "sgd", "noise": "noise",
                "pto_noise": "noise", "hasgd": "hasgd", "afp_hasgd": "hasgd_afp",
                "sgd_mse_clip": "sgd", "pto_sgd_oracle": "sgd", "pto_sgd_chip_oracle": "sgd"}
@@ -656,7 +666,8 @@ class InferenceRun:
                                  "over that at max-abs scales (pto.mse_clip_scales): the most "
                                  "a column range can shrink the weight error")
             for method in sec.methods:
-                if method not in ("float", "sgd_mse_clip") and not method.startswith("pto"):
+                if (method not in ("float", "sgd_mse_clip", "sgd_maxabs_tile")
+                        and not method.startswith("pto")):
                     w.declare_metric(f"predicted_weight_error_{arch}_{method}", "1",
                                      f"{arch}, {method}: sqrt(sum sigma_i^2 / sum w_i^2) of "
                                      "the device noise model at t_train under the method's "
@@ -765,7 +776,8 @@ class InferenceRun:
                 continue
             rows_cal = layer_rows(net, x_cal)
             kind, rule = _mapping_of(method)
-            if method != "sgd_mse_clip" and not method.startswith("pto"):
+            if (method not in ("sgd_mse_clip", "sgd_maxabs_tile")
+                    and not method.startswith("pto")):
                 noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
                 sig2 = sum(float(np.sum(mapping_weight_sigma(wk, kind, noise, sec.afp_gain) ** 2))
                            for wk in net.weights)
@@ -778,6 +790,11 @@ class InferenceRun:
                 w.set_metric(f"afp_small_share_{arch}", float(np.mean(u < 1.0 / sec.afp_gain)))
             tiles = map_network(net, hw, rows_cal, kind, gain=sec.afp_gain, input_ranges=rule,
                                 percentile=sec.percentile)
+            if method == "sgd_maxabs_tile":
+                # one scale per tile, as the GDP network check and aihwkit's default mapping
+                # (weight_scaling_columnwise = False): the weaker baseline of the two max-abs
+                tiles = with_ranges(tiles, tile_wide_scales(tiles),
+                                    [t.input_range for t in tiles])
             if method == "sgd_mse_clip":
                 noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
                 fits = [pto.mse_clip_scales(tile, noise) for tile in tiles]

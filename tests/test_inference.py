@@ -41,14 +41,21 @@ def images():
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "cnn"])
-@pytest.mark.parametrize("kind", inference.MAPPINGS)
+@pytest.mark.parametrize("kind", (*inference.MAPPINGS, "fixed_tile_scale"))
 def test_noise_free_unquantised_tiles_reproduce_the_float_network(architecture, kind, images):
     """No device noise, ideal DAC/ADC, small tiles (layers split over several): the analog
-    forward pass equals the float one to rounding, for every mapping."""
+    forward pass equals the float one to rounding, for every mapping and for one weight
+    scale per tile (sgd_maxabs_tile)."""
     net = random_net(architecture)
     hw = inference.Hardware(stat=NOISELESS, periphery=IDEAL, tile_rows=20, tile_cols=8)
     rows = inference.layer_rows(net, images)
-    tiles = inference.map_network(net, hw, rows, kind)
+    tiles = inference.map_network(net, hw, rows, kind.replace("_tile_scale", ""))
+    if kind == "fixed_tile_scale":
+        tiles = inference.with_ranges(tiles, inference.tile_wide_scales(tiles),
+                                      [t.input_range for t in tiles])
+        for t in tiles:
+            block = net.weights[t.layer][t.row0:t.row0 + t.rows, t.col0:t.col0 + t.n_cols]
+            assert np.all(t.scale == np.max(np.abs(block)))
     assert len(tiles) > len(net.weights)
     chips = inference.deploy(tiles, hw, 3, rows)
     for t in (1.0, 3.1536e7):
