@@ -142,9 +142,69 @@ def _recovery_lines(trace: Trace, arch: str, methods: list[str], times) -> list[
     return lines
 
 
+def _normalised_weights(trace: Trace, arch: str, training: str):
+    """(|w|/s, s) of every weight of a trained network (s its column's max |w|, the max-abs
+    scale), flattened as the weight_sigma_* series."""
+    names = trace.series_names()
+    ratios, scales, k = [], [], 0
+    while f"trained_{arch}_{training}_w{k}" in names:
+        w = trace.series(f"trained_{arch}_{training}_w{k}").data[-1]
+        s = np.max(np.abs(w), axis=0)
+        s = np.broadcast_to(np.where(s > 0, s, 1.0), w.shape)
+        ratios.append((np.abs(w) / s).ravel())
+        scales.append(s.ravel())
+        k += 1
+    return np.concatenate(ratios), np.concatenate(scales)
+
+
+def _noise_panel(ax, trace: Trace, arch: str) -> bool:
+    """Device noise against the weight distribution: histograms of |w|/s of the trained
+    networks, and σ_i/s (the noise model at t_train in units of the column range) of each
+    weight under the mappings the study ran. False if the trace has nothing to show."""
+    from imcsim.scenarios.inference import TRAINING_OF
+
+    names = trace.series_names()
+    methods = [m for m in _names(trace, "inference_methods")
+               if f"weight_sigma_{arch}_{m}" in names]
+    trainings = [t for t in _names(trace, "inference_trainings")
+                 if f"trained_{arch}_{t}_w0" in names]
+    if not methods or not trainings:
+        return False
+    bins = np.linspace(0.0, 1.0, 41)
+    for training in trainings:
+        u, _ = _normalised_weights(trace, arch, training)
+        ax.hist(u, bins=bins, density=True, histtype="step", label=f"|w|/s, {training}")
+    ax.set_xlabel("|w| / s  (s: the column's max |w|, mapped to g_max)")
+    ax.set_ylabel("density of weights")
+    right = ax.twinx()
+    t_train = 0.0
+    # one curve per mapping (the trainings share them; their |w|/s histograms differ), AFP
+    # first so that fixed-point stays visible where the two coincide (|w|/s > 1/γ)
+    colours = {"afp": "tab:purple", "sgd_fixed2": "0.55", "sgd_maxabs": "black"}
+    for method in (m for m in colours if m in methods):
+        series = trace.series(f"weight_sigma_{arch}_{method}")
+        t_train = float(series.t[-1])
+        u, scale = _normalised_weights(trace, arch, TRAINING_OF[method])
+        sigma = series.data[-1] / scale
+        order = np.argsort(u)
+        right.plot(u[order], sigma[order], ".", ms=1.5, alpha=0.6, color=colours[method],
+                   label=f"σ/s, {method}")
+    right.plot(bins, bins, ":", color="0.5", lw=0.8, label="σ = |w| (noise as large as w)")
+    right.set_ylim(0.0, 0.2)
+    right.set_ylabel(f"σ_i / s at {_time_label(t_train)} (device model)")
+    handles = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper center",
+              markerscale=4)
+    ax.set_title(f"{arch}: device noise against the weight distribution")
+    return True
+
+
 def figure(trace: Trace, out) -> None:
-    """Accuracy vs drift time (log axis), one line per method with its ±std band over device
-    seeds, one panel per architecture."""
+    """Top row: accuracy vs drift time (log axis), one line per method with its ±std band
+    over device seeds, one panel per architecture. Bottom row, where the trace holds the
+    trained weights: σ_i of the device model against the distribution of |w|/s, which is why
+    a method does or does not help."""
     from pathlib import Path
 
     import matplotlib
@@ -154,7 +214,7 @@ def figure(trace: Trace, out) -> None:
 
     rows = accuracy_table(trace)
     archs = _names(trace, "inference_architectures")
-    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.8),
+    fig, axes = plt.subplots(2, len(archs), figsize=(6.5 * len(archs), 9.0),
                              constrained_layout=True, squeeze=False)
     for ax, arch in zip(axes[0], archs):
         for r in (r for r in rows if r["architecture"] == arch):
@@ -168,6 +228,9 @@ def figure(trace: Trace, out) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{arch}: mean ± std over {len(rows[0]['seeds'])} device seeds")
         ax.legend(fontsize=7, ncol=2)
+    for ax, arch in zip(axes[1], archs):
+        if not _noise_panel(ax, trace, arch):
+            ax.set_axis_off()
     fig.suptitle(f"{Path(trace.path).name}: inference under PCM drift")
     fig.savefig(Path(out), dpi=110)
     plt.close(fig)

@@ -616,6 +616,15 @@ class InferenceRun:
                                      f"{arch}, training '{name}': {desc} per epoch",
                                      n=sec.epochs, time_units="epoch",
                                      time_description="epochs completed")
+                net = self.shapes[arch]
+                for k, (wk, bk) in enumerate(zip(net.weights, net.biases)):
+                    for what, shape, desc in (("w", wk.shape, "weights (in, out)"),
+                                              ("b", bk.shape, "digital biases")):
+                        w.declare_series(f"trained_{arch}_{name}_{what}{k}", shape, "f8", "1",
+                                         f"{arch}, training '{name}': {desc} of layer {k} "
+                                         "after the last epoch (network units)", n=1,
+                                         time_units="epoch",
+                                         time_description="epochs completed")
             for method in sec.methods:
                 if method not in PTO_METHODS:
                     continue
@@ -668,6 +677,13 @@ class InferenceRun:
             for method in sec.methods:
                 if (method not in ("float", "sgd_mse_clip", "sgd_maxabs_tile")
                         and not method.startswith("pto")):
+                    n_weights = sum(wk.size for wk in self.shapes[arch].weights)
+                    w.declare_series(f"weight_sigma_{arch}_{method}", (n_weights,), "f8", "1",
+                                     f"{arch}, {method}: σ_i of every weight (layers in order, "
+                                     "each (in, out) row-major, as trained_*) in network "
+                                     "units, from the device noise model at t_train under the "
+                                     "method's mapping (mapping_weight_sigma), no periphery",
+                                     n=1, time_description="t_train (s after programming)")
                     w.declare_metric(f"predicted_weight_error_{arch}_{method}", "1",
                                      f"{arch}, {method}: sqrt(sum sigma_i^2 / sum w_i^2) of "
                                      "the device noise model at t_train under the method's "
@@ -760,6 +776,9 @@ class InferenceRun:
                                                history.penalty)):
                 for what, value in zip(("loss", "test_accuracy", "penalty"), values):
                     w.append(f"training_{arch}_{name}_{what}", float(epoch + 1), value)
+            for k, (wk, bk) in enumerate(zip(net.weights, net.biases)):
+                w.append(f"trained_{arch}_{name}_w{k}", float(sec.epochs), wk)
+                w.append(f"trained_{arch}_{name}_b{k}", float(sec.epochs), bk)
             if progress is not None:
                 progress(1)
         data = self.data
@@ -779,11 +798,12 @@ class InferenceRun:
             if (method not in ("sgd_mse_clip", "sgd_maxabs_tile")
                     and not method.startswith("pto")):
                 noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
-                sig2 = sum(float(np.sum(mapping_weight_sigma(wk, kind, noise, sec.afp_gain) ** 2))
-                           for wk in net.weights)
+                sigma = np.concatenate([mapping_weight_sigma(wk, kind, noise, sec.afp_gain).ravel()
+                                        for wk in net.weights])
+                w.append(f"weight_sigma_{arch}_{method}", sec.t_train, sigma)
                 w.set_metric(f"predicted_weight_error_{arch}_{method}",
-                             float(np.sqrt(sig2 / sum(float(np.sum(wk * wk))
-                                                      for wk in net.weights))))
+                             float(np.sqrt(np.sum(sigma ** 2) / sum(float(np.sum(wk * wk))
+                                                                  for wk in net.weights))))
             if method == "afp":
                 u = np.concatenate([(np.abs(wk) / column_scales_maxabs(wk)).ravel()
                                     for wk in net.weights])

@@ -185,6 +185,32 @@ def test_study_writes_every_method_with_units_and_needs(tiny_trace):
     assert all(r["needs"] and np.all((r["mean"] >= 0) & (r["mean"] <= 1)) for r in rows)
 
 
+def test_trace_holds_the_trained_networks_and_their_noise(tiny_trace):
+    """The stored weights and biases are the network the study evaluated (they reproduce its
+    float accuracy), and the stored σ_i give the predicted weight error metric."""
+    from imcsim.scenarios import digits, robust_training
+
+    data = digits.load_digits_split(0)
+    with Trace(tiny_trace) as tr:
+        metrics = tr.metrics()
+        for arch in ("mlp", "cnn"):
+            net = robust_training.build_net(arch, 64, 10, hidden=(8,), channels=2, seed=0)
+            for k in range(len(net.weights)):
+                net.weights[k] = tr.series(f"trained_{arch}_sgd_w{k}").data[-1]
+                net.biases[k] = tr.series(f"trained_{arch}_sgd_b{k}").data[-1]
+            acc = inference.accuracy(inference.layer_forward(net, data.x_test), data.y_test)
+            assert acc == metrics[f"float_accuracy_{arch}"][0]
+            sigma = tr.series(f"weight_sigma_{arch}_sgd_maxabs").data[-1]
+            total = sum(float(np.sum(w * w)) for w in net.weights)
+            assert np.sqrt(np.sum(sigma ** 2) / total) == pytest.approx(
+                metrics[f"predicted_weight_error_{arch}_sgd_maxabs"][0], rel=1e-12)
+            expected = np.concatenate([inference.mapping_weight_sigma(
+                w, "fixed", robust_training.NoiseModel(device=pcm.StatisticalModel(),
+                                                       t_inference=86400.0)).ravel()
+                for w in net.weights])
+            np.testing.assert_allclose(sigma, expected, rtol=1e-12)
+
+
 def test_info_and_plot_show_the_table(tiny_trace, tmp_path):
     result = CliRunner().invoke(main, ["info", str(tiny_trace)])
     assert result.exit_code == 0, result.output
