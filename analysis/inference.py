@@ -70,20 +70,10 @@ def summary_lines(trace: Trace) -> list[str]:
                 lines.append(f"    {r['method']:<20}" + "".join(f"{100 * e:>16.2f}"
                                                              for e in err))
         by_method = {r["method"]: r for r in mine}
-        if "sgd_maxabs" in by_method:
-            lines.append("    paired difference to sgd_maxabs on the same chips (points), "
-                         "mean ± std over seeds (standard error of the mean):")
-            lines.append(_time_header(times))
-            base = trace.series(f"accuracy_{arch}_sgd_maxabs").data
-            for r in mine:
-                if r["method"] in ("float", "sgd_maxabs"):
-                    continue
-                diff = 100 * (trace.series(f"accuracy_{arch}_{r['method']}").data - base)
-                spread = diff.std(axis=1, ddof=1) if diff.shape[1] > 1 else 0 * diff[:, 0]
-                sem = spread / np.sqrt(diff.shape[1])
-                lines.append(f"    {r['method']:<20}" + "".join(
-                    f"{m:>+9.2f} ± {s:4.2f} ({e:4.2f})"
-                    for m, s, e in zip(diff.mean(axis=1), spread, sem)))
+        accuracies = {r["method"]: trace.series(f"accuracy_{arch}_{r['method']}").data
+                      for r in mine}
+        comparison = _comparison_lines(accuracies, times)
+        lines.extend(comparison[0])
         for method in by_method:
             key = f"pto_{arch}_{method}_holdout_start"
             if key in metrics and np.isfinite(metrics[key][0]):
@@ -97,11 +87,56 @@ def summary_lines(trace: Trace) -> list[str]:
         if key in metrics:
             lines.append(f"    MSE-optimal column clipping: rms weight error x "
                          f"{metrics[key][0]:.3f} of max-abs (device model at t_train)")
-        if {"float", "sgd_maxabs"} <= set(by_method) and len(by_method) > 2:
-            lines.extend(_recovery_lines(trace, arch, [r["method"] for r in mine], times))
+        lines.extend(comparison[1])
     lines.append("  needs to know:")
     for r in rows[:len(_names(trace, "inference_methods"))]:
         lines.append(f"    {r['method']:<20}{r['needs']}")
+    return lines
+
+
+def pooled_summary_lines(path, names: list[str]) -> list[str]:
+    """For a study file whose runs are inference studies of the same methods, times and
+    device seeds that differ in their training seed (e.g. scenarios/
+    inference_training_seeds.toml): the accuracy table and the comparisons pooled over all
+    chips (training seed × device seed), with two-stage bootstrap standard errors and
+    intervals (training seeds, then device seeds within them), so that a method's gain is
+    judged against the scatter between trained networks as well as between chips. Empty if
+    the runs cannot be pooled (one line says why)."""
+    runs = []
+    for name in names:
+        with Trace(path, run=name) as tr:
+            if tr.status != "complete" or tr.attrs.get("scenario_kind") != "inference":
+                return []
+            resolved = json.loads(str(tr.attrs.get("scenario_resolved", "{}")))
+            key = (tuple(_names(tr, "inference_architectures")),
+                   tuple(_names(tr, "inference_methods")),
+                   tuple(float(t) for t in tr.attrs["inference_times"]),
+                   tuple(int(d) for d in tr.attrs["inference_device_seeds"]),
+                   json.dumps(resolved.get("device", {}), sort_keys=True))
+            series = {(a, m): tr.series(f"accuracy_{a}_{m}").data
+                      for a in key[0] for m in key[1]}
+            runs.append((name, key, resolved.get("inference", {}).get("train_seed"), series))
+    if len(runs) < 2:
+        return []
+    if len({r[1] for r in runs}) > 1:
+        return ["  (runs differ in architectures, methods, times, device seeds or device: "
+                "no pooled table)"]
+    archs, methods, times, seeds, _ = runs[0][1]
+    groups = np.repeat(np.arange(len(runs)), len(seeds))
+    lines = [f"  pooled over {len(runs)} runs (training seeds "
+             f"{[r[2] for r in runs]}) × device seeds {list(seeds)}: {groups.size} chips; "
+             "standard errors and intervals by a two-stage bootstrap (training seeds, then "
+             "device seeds)"]
+    for arch in archs:
+        acc = {m: np.concatenate([r[3][(arch, m)] for r in runs], axis=1) for m in methods}
+        lines.append(f"  {arch}: test accuracy (%), mean ± std over chips")
+        lines.append(f"    {'method':<20}" + "".join(f"{_time_label(t):>16}" for t in times))
+        for m in methods:
+            std = acc[m].std(axis=1, ddof=1)
+            lines.append(f"    {m:<20}" + "".join(f"{100 * a:>9.2f} ± {100 * e:4.2f}"
+                                                 for a, e in zip(acc[m].mean(axis=1), std)))
+        paired, shares = _comparison_lines(acc, times, groups)
+        lines.extend(paired + shares)
     return lines
 
 
@@ -109,37 +144,60 @@ def _time_header(times) -> str:
     return (f"    {'':<20}" + "".join(f"{_time_label(t):>20}   " for t in times)).rstrip()
 
 
-def _recovery_lines(trace: Trace, arch: str, methods: list[str], times) -> list[str]:
-    """Per method and time, the share of the float − sgd_maxabs loss it wins back on the same
-    chips, with the 95 % paired bootstrap interval over device seeds
-    (``scenarios.inference.recovery_interval``), and the loss itself ± its standard error."""
-    from imcsim.scenarios.inference import recovery, recovery_interval
+def _comparison_lines(accuracies: dict, times, groups=None) -> tuple[list[str], list[str]]:
+    """Two blocks of lines from per-chip accuracies ``{method: (times, chips)}`` (chip k of
+    every method on the same devices): the paired difference of each method to sgd_maxabs
+    (mean ± std over chips, standard error of the mean), and the share of the float −
+    sgd_maxabs loss each method wins back with its 95 % paired bootstrap interval
+    (``scenarios.inference.recovery_interval``). ``groups``: the training seed of each chip's
+    networks, for a two-stage bootstrap (standard errors and intervals) when the chips carry
+    networks trained from several seeds. Empty blocks without an sgd_maxabs baseline."""
+    from imcsim.scenarios.inference import bootstrap_picks, recovery, recovery_interval
 
-    flt = trace.series(f"accuracy_{arch}_float").data
-    base = trace.series(f"accuracy_{arch}_sgd_maxabs").data
+    if "sgd_maxabs" not in accuracies:
+        return [], []
+    base = accuracies["sgd_maxabs"]
     n = base.shape[1]
-    sem = base.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(times))
-    lines = ["    share of the float − sgd_maxabs loss won back, % [95 % paired bootstrap "
-             "interval over seeds]",
-             _time_header(times),
-             f"    {'loss (points)':<20}" + "".join(
-                 f"{100 * (f - b):>13.2f} ± {100 * e:4.2f}   "
-                 for f, b, e in zip(flt.mean(axis=1), base.mean(axis=1), sem)).rstrip()]
-    for method in methods:
-        if method in ("float", "sgd_maxabs"):
-            continue
-        remedy = trace.series(f"accuracy_{arch}_{method}").data
+    picks = bootstrap_picks(n, groups, resamples=4000) if groups is not None else None
+
+    def sem(values):  # standard error of the mean over chips, (times,)
+        if n < 2:
+            return np.zeros(values.shape[0])
+        if picks is None:
+            return values.std(axis=1, ddof=1) / np.sqrt(n)
+        return values[:, picks].mean(axis=2).std(axis=1, ddof=1)
+
+    unit = "chips (training × device seeds)" if groups is not None else "seeds"
+    paired = ["    paired difference to sgd_maxabs on the same chips (points), mean ± std over "
+              f"{unit} (standard error of the mean)", _time_header(times)]
+    others = [m for m in accuracies if m not in ("float", "sgd_maxabs")]
+    for method in others:
+        diff = 100 * (accuracies[method] - base)
+        spread = diff.std(axis=1, ddof=1) if n > 1 else 0 * diff[:, 0]
+        paired.append(f"    {method:<20}" + "".join(
+            f"{m:>+9.2f} ± {s:4.2f} ({e:4.2f})"
+            for m, s, e in zip(diff.mean(axis=1), spread, sem(diff))))
+    if "float" not in accuracies or not others:
+        return paired, []
+    flt = accuracies["float"]
+    shares = ["    share of the float − sgd_maxabs loss won back, % [95 % paired bootstrap "
+              f"interval over {unit}]", _time_header(times),
+              f"    {'loss (points)':<20}" + "".join(
+                  f"{100 * lost:>13.2f} ± {100 * e:4.2f}   " for lost, e in
+                  zip((flt - base).mean(axis=1), sem(flt - base))).rstrip()]
+    for method in others:
         cells = []
         for k in range(len(times)):
-            share = recovery(flt[k], base[k], remedy[k])
+            share = recovery(flt[k], base[k], accuracies[method][k])
             if not np.isfinite(share):
                 cells.append(f"{'no loss':>20}   ")
                 continue
-            low, high = recovery_interval(flt[k], base[k], remedy[k])
+            low, high = recovery_interval(flt[k], base[k], accuracies[method][k],
+                                          groups=groups)
             cells.append(f"{100 * share:>8.0f} [{100 * low:4.0f}, {100 * high:4.0f}]   ")
-        lines.append((f"    {method:<20}" + "".join(cells)).rstrip())
-    lines.append("    (no loss: the loss is below 2 standard errors of the baseline's mean)")
-    return lines
+        shares.append((f"    {method:<20}" + "".join(cells)).rstrip())
+    shares.append("    (no loss: the loss is below 2 standard errors of the baseline's mean)")
+    return paired, shares
 
 
 def _normalised_weights(trace: Trace, arch: str, training: str):

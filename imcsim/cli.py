@@ -109,6 +109,10 @@ def _study_summary(trace: Path):
                           for m in metric_names)
         click.echo(f"  {name:<{width}} {run_status:<11} {values}")
     click.echo("  (imcsim info FILE --run NAME shows one run's datasets)")
+    from imcsim.analysis.inference import pooled_summary_lines
+
+    for line in pooled_summary_lines(trace, names):
+        click.echo(line)
 
 
 @main.command()

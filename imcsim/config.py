@@ -719,7 +719,9 @@ class InferenceSection:
     """Inference under device non-idealities (scenarios.inference): networks of each of
     ``architectures`` ("mlp": 64-hidden-10; "cnn": 3×3 convolution with ``channels``
     filters, pooling, a dense layer of hidden[0]) trained on scikit-learn's digits
-    (``train_seed``: split, initial weights, batch order; ``epochs``, ``lr``, ``batch`` of
+    (``train_seed``: initial weights, batch order, and the train/test split unless
+    ``split_seed`` is given — set it to compare trainings from several seeds on one test
+    set; ``epochs``, ``lr``, ``batch`` of
     minibatch SGD with momentum) by plain SGD, noise injection and HA-SGD (device noise at
     ``t_train`` s after programming; ``hessian``, ``probes``, ``penalty_mode`` of HA-SGD),
     mapped onto tiles of at most ``tile_rows × tile_cols`` PCM pairs ([device] model,
@@ -739,6 +741,7 @@ class InferenceSection:
     lr: float = 0.05
     batch: int = 32
     train_seed: int = 0
+    split_seed: int | None = None
     t_train: float = 86400.0
     hessian: Literal["hutchinson", "gauss_newton"] = "hutchinson"
     penalty_mode: Literal["full", "frozen"] = "full"

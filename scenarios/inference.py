@@ -487,21 +487,46 @@ def recovery(float_acc, baseline_acc, remedy_acc) -> float:
     return float((np.mean(remedy_acc) - baseline.mean()) / lost)
 
 
+def bootstrap_picks(n: int, groups=None, resamples: int = 10000, seed: int = 0) -> np.ndarray:
+    """Indices (resamples, n) of a bootstrap over ``n`` paired samples (chips).
+
+    Without ``groups``: every resample draws n samples with replacement. With ``groups`` (one
+    label per sample, e.g. the training seed of the network a chip carries; equal group
+    sizes): a two-stage bootstrap, which first draws the groups with replacement and then the
+    samples within each drawn group, so that the scatter between groups (a network trained
+    from another seed is another network) enters the interval instead of being averaged away
+    as if every chip were independent. Deterministic for a given ``seed``."""
+    gen = np.random.default_rng(seed)
+    if groups is None:
+        return gen.integers(0, n, size=(resamples, n))
+    labels = np.asarray(groups)
+    members = [np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())]
+    size = members[0].size
+    if any(m.size != size for m in members) or size * len(members) != n:
+        raise ValueError("bootstrap groups must have equal sizes")
+    table = np.stack(members)  # (groups, size)
+    chosen = gen.integers(0, len(members), size=(resamples, len(members)))
+    within = gen.integers(0, size, size=(resamples, len(members), size))
+    return table[chosen[:, :, None], within].reshape(resamples, n)
+
+
 def recovery_interval(float_acc, baseline_acc, remedy_acc, level: float = 0.95,
-                      resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """Paired bootstrap percentile interval of :func:`recovery` over device seeds.
+                      resamples: int = 10000, seed: int = 0, groups=None
+                      ) -> tuple[float, float]:
+    """Paired bootstrap percentile interval of :func:`recovery` over device seeds (chips).
 
     The ratio of two noisy means has no simple standard error, and with a handful of seeds
     its scatter is as large as the ratio, so a share quoted without an interval says little.
-    Seeds are resampled with replacement, the baseline and remedy of a seed together (they ran
-    on the same chip); resamples whose loss is not positive have no share and are dropped.
-    (NaN, NaN) where the point estimate is NaN. Deterministic for a given ``seed``."""
+    Chips are resampled with replacement, the baseline and remedy of a chip together (they ran
+    on the same devices), by :func:`bootstrap_picks` (two-stage where ``groups`` labels the
+    training seed of each chip's networks); resamples whose loss is not positive have no share
+    and are dropped. (NaN, NaN) where the point estimate is NaN."""
     if not np.isfinite(recovery(float_acc, baseline_acc, remedy_acc)):
         return np.nan, np.nan
     flt = np.broadcast_to(np.asarray(float_acc, dtype=float), np.shape(baseline_acc))
     base = np.asarray(baseline_acc, dtype=float)
     remedy = np.asarray(remedy_acc, dtype=float)
-    picks = np.random.default_rng(seed).integers(0, base.size, size=(resamples, base.size))
+    picks = bootstrap_picks(base.size, groups, resamples, seed)
     lost = flt[picks].mean(axis=1) - base[picks].mean(axis=1)
     gained = remedy[picks].mean(axis=1) - base[picks].mean(axis=1)
     shares = gained[lost > 0] / lost[lost > 0]
@@ -553,7 +578,8 @@ class InferenceRun:
             if name not in self.trainings:
                 self.trainings.append(name)
         with threadpool_limits(1, user_api="blas"):
-            split = digits.load_digits_split(sec.train_seed)
+            split = digits.load_digits_split(sec.train_seed if sec.split_seed is None
+                                             else sec.split_seed)
         n_cal = sec.calibration_images
         if n_cal >= split.x_train.shape[0]:
             raise InputError(f"inference.calibration_images: {n_cal} is not below the "
