@@ -94,19 +94,16 @@ def summary_lines(trace: Trace) -> list[str]:
     return lines
 
 
-def pooled_summary_lines(path, names: list[str]) -> list[str]:
-    """For a study file whose runs are inference studies of the same methods, times and
-    device seeds that differ in their training seed (e.g. scenarios/
-    inference_training_seeds.toml): the accuracy table and the comparisons pooled over all
-    chips (training seed × device seed), with two-stage bootstrap standard errors and
-    intervals (training seeds, then device seeds within them), so that a method's gain is
-    judged against the scatter between trained networks as well as between chips. Empty if
-    the runs cannot be pooled (one line says why)."""
+def _pooled_accuracies(path, names: list[str]):
+    """(architectures, methods, times, {arch: {method: (times, chips)}}, number of runs) of
+    the complete inference runs ``names`` of a study file, chips ordered run by run; None
+    unless there are at least two and all share architectures, methods, times, device seeds
+    and device; the string "differ" when they are inference runs that do not."""
     runs = []
     for name in names:
         with Trace(path, run=name) as tr:
             if tr.status != "complete" or tr.attrs.get("scenario_kind") != "inference":
-                return []
+                return None
             resolved = json.loads(str(tr.attrs.get("scenario_resolved", "{}")))
             key = (tuple(_names(tr, "inference_architectures")),
                    tuple(_names(tr, "inference_methods")),
@@ -115,27 +112,45 @@ def pooled_summary_lines(path, names: list[str]) -> list[str]:
                    json.dumps(resolved.get("device", {}), sort_keys=True))
             series = {(a, m): tr.series(f"accuracy_{a}_{m}").data
                       for a in key[0] for m in key[1]}
-            runs.append((name, key, resolved.get("inference", {}).get("train_seed"), series))
+            runs.append((key, resolved.get("inference", {}).get("train_seed"), series))
     if len(runs) < 2:
+        return None
+    if len({r[0] for r in runs}) > 1:
+        return "differ"
+    archs, methods, times, seeds, _ = runs[0][0]
+    acc = {a: {m: np.concatenate([r[2][(a, m)] for r in runs], axis=1) for m in methods}
+           for a in archs}
+    return archs, list(methods), times, acc, [r[1] for r in runs], seeds
+
+
+def pooled_summary_lines(path, names: list[str]) -> list[str]:
+    """For a study file whose runs are inference studies of the same methods, times and
+    device seeds that differ in their training seed (e.g. scenarios/
+    inference_training_seeds.toml): the accuracy table and the comparisons pooled over all
+    chips (training seed × device seed), with two-stage bootstrap standard errors and
+    intervals (training seeds, then device seeds within them), so that a method's gain is
+    judged against the scatter between trained networks as well as between chips. Empty if
+    the runs are not such a study (one line if they are inference runs that differ)."""
+    data = _pooled_accuracies(path, names)
+    if data is None:
         return []
-    if len({r[1] for r in runs}) > 1:
+    if data == "differ":
         return ["  (runs differ in architectures, methods, times, device seeds or device: "
                 "no pooled table)"]
-    archs, methods, times, seeds, _ = runs[0][1]
-    groups = np.repeat(np.arange(len(runs)), len(seeds))
-    lines = [f"  pooled over {len(runs)} runs (training seeds "
-             f"{[r[2] for r in runs]}) × device seeds {list(seeds)}: {groups.size} chips; "
-             "standard errors and intervals by a two-stage bootstrap (training seeds, then "
-             "device seeds)"]
+    archs, methods, times, acc, train_seeds, seeds = data
+    groups = np.repeat(np.arange(len(train_seeds)), len(seeds))
+    lines = [f"  pooled over {len(train_seeds)} runs (training seeds {train_seeds}) × device "
+             f"seeds {list(seeds)}: {groups.size} chips; standard errors and intervals by a "
+             "two-stage bootstrap (training seeds, then device seeds)"]
     for arch in archs:
-        acc = {m: np.concatenate([r[3][(arch, m)] for r in runs], axis=1) for m in methods}
         lines.append(f"  {arch}: test accuracy (%), mean ± std over chips")
         lines.append(f"    {'method':<20}" + "".join(f"{_time_label(t):>16}" for t in times))
         for m in methods:
-            std = acc[m].std(axis=1, ddof=1)
-            lines.append(f"    {m:<20}" + "".join(f"{100 * a:>9.2f} ± {100 * e:4.2f}"
-                                                 for a, e in zip(acc[m].mean(axis=1), std)))
-        paired, shares = _comparison_lines(acc, times, groups)
+            values = acc[arch][m]
+            lines.append(f"    {m:<20}" + "".join(
+                f"{100 * a:>9.2f} ± {100 * e:4.2f}"
+                for a, e in zip(values.mean(axis=1), values.std(axis=1, ddof=1))))
+        paired, shares = _comparison_lines(acc[arch], times, groups)
         lines.extend(paired + shares)
     return lines
 
@@ -258,6 +273,53 @@ def _noise_panel(ax, trace: Trace, arch: str) -> bool:
     return True
 
 
+def _accuracy_panel(ax, rows: list[dict], title: str) -> None:
+    """Accuracy vs drift time (log axis), one line per method with its ±std band."""
+    for r in rows:
+        style = "--" if r["method"] == "float" else "o-"
+        line, = ax.plot(r["t"], 100 * r["mean"], style, label=r["method"])
+        std = np.nan_to_num(r["std"])
+        ax.fill_between(r["t"], 100 * (r["mean"] - std), 100 * (r["mean"] + std),
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("time after programming (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def pooled_figure(path, names: list[str], out) -> bool:
+    """Accuracy vs drift time pooled over the runs of a study file of inference runs (as
+    :func:`pooled_summary_lines`): mean ± std over all chips (training seed × device seed),
+    one panel per architecture. False if the runs cannot be pooled."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = _pooled_accuracies(path, names)
+    if data is None:
+        return False
+    if data == "differ":
+        return False
+    archs, methods, times, acc, train_seeds, _ = data
+    n_runs = len(train_seeds)
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.8),
+                             constrained_layout=True, squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        rows = [{"method": m, "t": np.asarray(times), "mean": acc[arch][m].mean(axis=1),
+                 "std": acc[arch][m].std(axis=1, ddof=1)} for m in methods]
+        chips = acc[arch][methods[0]].shape[1]
+        _accuracy_panel(ax, rows, f"{arch}: mean ± std over {chips} chips ({n_runs} "
+                                  "trainings × device seeds)")
+    fig.suptitle(f"{Path(path).name}: inference under PCM drift, runs pooled")
+    fig.savefig(Path(out), dpi=110)
+    plt.close(fig)
+    return True
+
+
 def figure(trace: Trace, out) -> None:
     """Top row: accuracy vs drift time (log axis), one line per method with its ±std band
     over device seeds, one panel per architecture. Bottom row, where the trace holds the
@@ -275,17 +337,8 @@ def figure(trace: Trace, out) -> None:
     fig, axes = plt.subplots(2, len(archs), figsize=(6.5 * len(archs), 9.0),
                              constrained_layout=True, squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for r in (r for r in rows if r["architecture"] == arch):
-            style = "--" if r["method"] == "float" else "o-"
-            line, = ax.plot(r["t"], 100 * r["mean"], style, label=r["method"])
-            std = np.nan_to_num(r["std"])
-            ax.fill_between(r["t"], 100 * (r["mean"] - std), 100 * (r["mean"] + std),
-                            color=line.get_color(), alpha=0.15)
-        ax.set_xscale("log")
-        ax.set_xlabel("time after programming (s)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{arch}: mean ± std over {len(rows[0]['seeds'])} device seeds")
-        ax.legend(fontsize=7, ncol=2)
+        _accuracy_panel(ax, [r for r in rows if r["architecture"] == arch],
+                        f"{arch}: mean ± std over {len(rows[0]['seeds'])} device seeds")
     for ax, arch in zip(axes[1], archs):
         if not _noise_panel(ax, trace, arch):
             ax.set_axis_off()

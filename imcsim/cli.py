@@ -297,6 +297,13 @@ def plot(trace, out, run):
                          for n in names if f"runs/{n}" in f}
         except InputError as exc:
             _fail(str(exc))
+        if study and kinds == {"inference"}:
+            from imcsim.analysis.inference import pooled_figure
+
+            with np.errstate(all="ignore"):
+                if pooled_figure(trace, names, out):
+                    click.echo(f"wrote {out}")
+                    return
         if study and kinds - {"pcm_array"}:
             _fail(f"{trace}: a study of {', '.join(sorted(kinds))} runs has one figure per "
                   f"run: add --run NAME (runs: {', '.join(names)})")

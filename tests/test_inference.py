@@ -230,6 +230,10 @@ def test_study_over_training_seeds_is_pooled_by_info(tmp_path):
     assert result.exit_code == 0, result.output
     assert "pooled over 2 runs (training seeds [0, 1])" in result.output
     assert "4 chips" in result.output and "two-stage" in result.output
+    png = tmp_path / "pooled.png"
+    result = CliRunner().invoke(main, ["plot", str(out), "-o", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 10_000
 
 
 def test_bootstrap_picks_draw_whole_groups_then_chips_within_them():
