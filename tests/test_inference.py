@@ -467,7 +467,8 @@ def test_recovery_interval_covers_the_true_share_at_its_level():
                                   "inference_range_bound_hermes.toml",
                                   "inference_pto_ablation_hermes.toml",
                                   "inference_pto_calibration.toml",
-                                  "inference_training_seeds.toml"])
+                                  "inference_training_seeds.toml",
+                                  "inference_training_seeds_hermes.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 
