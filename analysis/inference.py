@@ -95,28 +95,27 @@ def summary_lines(trace: Trace) -> list[str]:
 
 
 def _pooled_accuracies(path, names: list[str]):
-    """(architectures, methods, times, {arch: {method: (times, chips)}}, number of runs) of
-    the complete inference runs ``names`` of a study file, chips ordered run by run; None
-    unless there are at least two and all share architectures, methods, times, device seeds
-    and device; the string "differ" when they are inference runs that do not."""
+    """(architectures, methods, times, {arch: {method: (times, chips)}}, training seeds,
+    device seeds) of the inference runs ``names`` of a study file, chips ordered run by run;
+    None unless there are at least two, all complete, whose scenarios differ in nothing but
+    ``inference.train_seed`` (a study of hardware or method variants is not pooled)."""
     runs = []
     for name in names:
         with Trace(path, run=name) as tr:
             if tr.status != "complete" or tr.attrs.get("scenario_kind") != "inference":
                 return None
             resolved = json.loads(str(tr.attrs.get("scenario_resolved", "{}")))
+            train_seed = resolved.get("inference", {}).pop("train_seed", None)
             key = (tuple(_names(tr, "inference_architectures")),
                    tuple(_names(tr, "inference_methods")),
                    tuple(float(t) for t in tr.attrs["inference_times"]),
                    tuple(int(d) for d in tr.attrs["inference_device_seeds"]),
-                   json.dumps(resolved.get("device", {}), sort_keys=True))
+                   json.dumps(resolved, sort_keys=True))
             series = {(a, m): tr.series(f"accuracy_{a}_{m}").data
                       for a in key[0] for m in key[1]}
-            runs.append((key, resolved.get("inference", {}).get("train_seed"), series))
-    if len(runs) < 2:
+            runs.append((key, train_seed, series))
+    if len(runs) < 2 or len({r[0] for r in runs}) > 1 or len({r[1] for r in runs}) < len(runs):
         return None
-    if len({r[0] for r in runs}) > 1:
-        return "differ"
     archs, methods, times, seeds, _ = runs[0][0]
     acc = {a: {m: np.concatenate([r[2][(a, m)] for r in runs], axis=1) for m in methods}
            for a in archs}
@@ -130,13 +129,10 @@ def pooled_summary_lines(path, names: list[str]) -> list[str]:
     chips (training seed × device seed), with two-stage bootstrap standard errors and
     intervals (training seeds, then device seeds within them), so that a method's gain is
     judged against the scatter between trained networks as well as between chips. Empty if
-    the runs are not such a study (one line if they are inference runs that differ)."""
+    the runs are not such a study."""
     data = _pooled_accuracies(path, names)
     if data is None:
         return []
-    if data == "differ":
-        return ["  (runs differ in architectures, methods, times, device seeds or device: "
-                "no pooled table)"]
     archs, methods, times, acc, train_seeds, seeds = data
     groups = np.repeat(np.arange(len(train_seeds)), len(seeds))
     lines = [f"  pooled over {len(train_seeds)} runs (training seeds {train_seeds}) × device "
@@ -301,8 +297,6 @@ def pooled_figure(path, names: list[str], out) -> bool:
 
     data = _pooled_accuracies(path, names)
     if data is None:
-        return False
-    if data == "differ":
         return False
     archs, methods, times, acc, train_seeds, _ = data
     n_runs = len(train_seeds)

@@ -102,12 +102,21 @@ def _study_summary(trace: Path):
             rows.append((name, tr.status, tr.metrics()))
     metric_names = sorted({m for _, _, ms in rows for m in ms})
     width = max([len(n) for n in names] + [3])
-    click.echo(f"  {'run':<{width}} {'status':<11} "
-               + " ".join(f"{m[:14]:>14}" for m in metric_names))
-    for name, run_status, ms in rows:
-        values = " ".join(f"{ms[m][0]:>14.6g}" if m in ms else f"{'-':>14}"
-                          for m in metric_names)
-        click.echo(f"  {name:<{width}} {run_status:<11} {values}")
+    if len(metric_names) <= 6 and all(len(m) <= 14 for m in metric_names):
+        click.echo(f"  {'run':<{width}} {'status':<11} "
+                   + " ".join(f"{m[:14]:>14}" for m in metric_names))
+        for name, run_status, ms in rows:
+            values = " ".join(f"{ms[m][0]:>14.6g}" if m in ms else f"{'-':>14}"
+                              for m in metric_names)
+            click.echo(f"  {name:<{width}} {run_status:<11} {values}")
+    else:  # many metrics: one line each, full names, a column per run
+        cell = max(width, 12)
+        label = max(len(m) for m in metric_names)
+        click.echo(f"  {'run':<{label}} " + " ".join(f"{n:>{cell}}" for n in names))
+        click.echo(f"  {'status':<{label}} " + " ".join(f"{st:>{cell}}" for _, st, _ in rows))
+        for m in metric_names:
+            click.echo(f"  {m:<{label}} " + " ".join(
+                f"{ms[m][0]:>{cell}.6g}" if m in ms else f"{'-':>{cell}}" for _, _, ms in rows))
     click.echo("  (imcsim info FILE --run NAME shows one run's datasets)")
     from imcsim.analysis.inference import pooled_summary_lines
 

@@ -213,8 +213,16 @@ def test_study_over_training_seeds_is_pooled_by_info(tmp_path):
     text = (TINY.replace("[inference]\n", "[inference]\nsplit_seed = 0\n"
                          'methods = ["float", "sgd_maxabs", "hasgd"]\n')
             + "\n".join(f'[[variant]]\nname = "seed{k}"\n"inference.train_seed" = {k}\n'
-                        for k in (0, 1)))
+                        for k in (0, 1))
+            + '[[variant]]\nname = "other_dac"\n"inference.train_seed" = 2\n'
+              '"periphery.dac_bits" = 6\n')
     out = run_scenario(parse_scenario(text), tmp_path / "seeds.h5")
+    from imcsim.analysis.inference import pooled_summary_lines
+
+    # only runs that differ in nothing but the training seed are pooled
+    assert pooled_summary_lines(out, ["seed0", "seed1", "other_dac"]) == []
+    assert pooled_summary_lines(out, ["seed0"]) == []
+    assert pooled_summary_lines(out, ["seed0", "seed1"])
     weights = []
     for name in ("seed0", "seed1"):
         with Trace(out, run=name) as tr:
@@ -226,6 +234,12 @@ def test_study_over_training_seeds_is_pooled_by_info(tmp_path):
             "split_seed = 0", f"split_seed = 0\ntrain_seed = {k}").split("[[variant]]")[0]), 0)
         weights.append(run.data.x_test)
     assert np.array_equal(weights[2], weights[3])  # one test set for every training seed
+    result = CliRunner().invoke(main, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "pooled" not in result.output  # the three runs differ in more than the seed
+    assert "float_accuracy_mlp" in result.output  # full metric names, one line each
+    out = run_scenario(parse_scenario(text.split('[[variant]]\nname = "other_dac"')[0]),
+                       tmp_path / "two_seeds.h5")  # the same study without the DAC variant
     result = CliRunner().invoke(main, ["info", str(out)])
     assert result.exit_code == 0, result.output
     assert "pooled over 2 runs (training seeds [0, 1])" in result.output
