@@ -102,12 +102,13 @@ def _study_summary(trace: Path):
             rows.append((name, tr.status, tr.metrics()))
     metric_names = sorted({m for _, _, ms in rows for m in ms})
     width = max([len(n) for n in names] + [3])
-    if len(metric_names) <= 6 and all(len(m) <= 14 for m in metric_names):
+    if len(metric_names) <= 8:  # one line per run, a column per metric under its full name
+        cells = [max(len(m), 12) for m in metric_names]
         click.echo(f"  {'run':<{width}} {'status':<11} "
-                   + " ".join(f"{m[:14]:>14}" for m in metric_names))
+                   + " ".join(f"{m:>{c}}" for m, c in zip(metric_names, cells)))
         for name, run_status, ms in rows:
-            values = " ".join(f"{ms[m][0]:>14.6g}" if m in ms else f"{'-':>14}"
-                              for m in metric_names)
+            values = " ".join(f"{ms[m][0]:>{c}.6g}" if m in ms else f"{'-':>{c}}"
+                              for m, c in zip(metric_names, cells))
             click.echo(f"  {name:<{width}} {run_status:<11} {values}")
     else:  # many metrics: one line each, full names, a column per run
         cell = max(width, 12)
@@ -198,7 +199,8 @@ def _study_analysis(kind):
 @click.option("--run", default=None, help="run of a study file")
 def info(trace, run):
     """Summarise a trace file: status, provenance, datasets with shapes and units, metrics.
-    For a study file: one line per run, or one run's details with --run. For a sweep folder:
+    For a study file: the runs' status and metrics (one line per run; one per metric when
+    there are more than eight), or one run's details with --run. For a sweep folder:
     runs complete, failed and pending."""
     from imcsim.store import open_trace
 
