@@ -188,11 +188,15 @@ def _comparison_lines(accuracies: dict, times, groups=None) -> tuple[list[str], 
         paired.append(f"    {method:<20}" + "".join(
             f"{m:>+9.2f} ± {s:4.2f} ({e:4.2f})"
             for m, s, e in zip(diff.mean(axis=1), spread, sem(diff))))
-    if "float" not in accuracies or not others:
+    if not others:
+        paired = []
+    if "float" not in accuracies:
         return paired, []
     flt = accuracies["float"]
-    shares = ["    share of the float − sgd_maxabs loss won back, % [95 % paired bootstrap "
-              f"interval over {unit}]", _time_header(times),
+    title = (f"    share of the float − sgd_maxabs loss won back, % [95 % paired bootstrap "
+             f"interval over {unit}]" if others else
+             f"    float − sgd_maxabs loss (points, ± standard error over {unit})")
+    shares = [title, _time_header(times),
               f"    {'loss (points)':<20}" + "".join(
                   f"{100 * lost:>13.2f} ± {100 * e:4.2f}   " for lost, e in
                   zip((flt - base).mean(axis=1), sem(flt - base))).rstrip()]
@@ -207,7 +211,9 @@ def _comparison_lines(accuracies: dict, times, groups=None) -> tuple[list[str], 
                                           groups=groups)
             cells.append(f"{100 * share:>8.0f} [{100 * low:4.0f}, {100 * high:4.0f}]   ")
         shares.append((f"    {method:<20}" + "".join(cells)).rstrip())
-    shares.append("    (no loss: the loss is below 2 standard errors of the baseline's mean)")
+    if others:
+        shares.append("    (no loss: the loss is below 2 standard errors of the baseline's "
+                      "mean)")
     return paired, shares
 
 
