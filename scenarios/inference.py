@@ -46,7 +46,15 @@ as in ``scenarios.network``: at ``t_calibrate`` every tile keeps the mean |y| of
 network's calibration rows; at time t its outputs are multiplied by α = reference/mean |y|.
 The periphery is ``physics.crossbar``'s: signed DAC and ADC (bits, v_read), ADC full scale in
 A fixed by the hardware (not calibrated per tile), outputs read through
-:func:`crossbar.tile_mvm`.
+:func:`crossbar.tile_mvm`. With wire resistance ([periphery] r_wire_row / r_wire_col, Ω per
+cell pitch) every MVM is solved as the resistive network (IR drop, ``physics.irdrop``), the
+block sitting in the tile's corner next to the row drivers and the ADCs and the unused rows
+and columns absent. Global drift compensation takes its reference on the resistive array at
+t_calibrate, so it does not undo the IR-drop loss itself (which shrinks as the conductances
+drift); it only rescales what changes after. The weight error (:func:`weight_error`) stays
+that of the devices alone. PTO's tile model (``scenarios.pto``) has no wires: with r_wire > 0
+it optimises against an ideal array and is evaluated on the resistive one — a model mismatch
+the study measures.
 """
 
 from __future__ import annotations
@@ -452,7 +460,8 @@ NEEDS = {
                  "gain at training time; 2x devices",
     "pto_sgd": "DAC and ADC bits, ADC full scale, device statistical model (programming, "
                "drift, 1/f read noise), deployment time, tile partitioning; 256 labelled "
-               "calibration images; nothing at training time",
+               "calibration images; nothing at training time (and it assumes no wire "
+               "resistance)",
     "pto_noise": "everything of pto_sgd, plus the device noise model at training time",
     "sgd_mse_clip": "device noise model sigma(g) at the deployment time (per-column clipping "
                     "that minimises the expected weight error); tile size; calibration inputs",
@@ -558,9 +567,6 @@ class InferenceRun:
         sc = loaded.scenario
         self.section = sec = sc.inference
         per = sc.periphery
-        if per.r_wire_row > 0 or per.r_wire_col > 0:
-            raise InputError("periphery.r_wire_row: IR drop is not modelled by the inference "
-                             "study (PTO's tile model has none)")
         stat = sc.device.statistical_model()
         if stat.kind not in DEVICE_MODELS and any(m.startswith("pto") for m in sec.methods):
             raise InputError(f"device.model: PTO's differentiable device model implements "

@@ -330,9 +330,7 @@ def test_bad_inference_tables_are_input_errors(change, field):
 
 
 def test_unsupported_hardware_is_an_input_error_before_any_file(tmp_path):
-    for text, field in ((TINY.replace("[periphery]\n", "[periphery]\nr_wire_row = 1.0\n"),
-                         "periphery.r_wire_row"),
-                        (TINY.replace("[run]", '[device]\nmodel = "ecram2030"\n[run]'),
+    for text, field in ((TINY.replace("[run]", '[device]\nmodel = "ecram2030"\n[run]'),
                          "device.model"),
                         (TINY.replace("calibration_images = 64", "calibration_images = 1347"),
                          "inference.calibration_images")):
@@ -340,6 +338,78 @@ def test_unsupported_hardware_is_an_input_error_before_any_file(tmp_path):
         with pytest.raises(InputError, match=field):
             run_scenario(parse_scenario(text), out)
         assert not out.exists()
+
+
+def test_ir_drop_in_the_harness_matches_a_word_line_ladder_solved_directly():
+    """Word-line resistance only (bit lines at 0 V), noiseless devices, ideal periphery, one
+    input row driven: that row is a ladder of segments r from the driver through the
+    interleaved G⁺/G⁻ cells of every physical column, each a shunt to ground. Its node
+    voltages from a dense solve of the ladder, times the cells' conductances, give the
+    column currents; the harness's tile output must equal them recombined digitally."""
+    net = random_net("mlp")
+    r_row = 3.0
+    periphery = dataclasses.replace(IDEAL, r_wire_row=r_row, ir_drop_solver="exact")
+    hw = inference.Hardware(stat=NOISELESS, periphery=periphery, tile_rows=40, tile_cols=16)
+    x = np.random.default_rng(3).uniform(0.0, 1.0, (8, 64))
+    tiles = inference.map_network(net, hw, inference.layer_rows(net, x), "fixed2")
+    chip = inference.program(tiles[:1], NOISELESS, 5)[0]
+    gp, gm = inference.read(chip, NOISELESS, 1.0, 7)
+    tile = chip.tile
+    row = 6
+    drive = np.zeros((1, tile.rows))
+    drive[0, row] = tile.input_range  # full-scale input: v_read on this word line
+    shunt = np.empty(2 * gp.shape[1])
+    shunt[0::2], shunt[1::2] = gp[row], gm[row]
+    n = shunt.size
+    ladder = np.diag(shunt + 2.0 / r_row)
+    ladder[-1, -1] -= 1.0 / r_row  # open far end
+    ladder -= np.diag(np.full(n - 1, 1.0 / r_row), 1) + np.diag(np.full(n - 1, 1.0 / r_row), -1)
+    source = np.zeros(n)
+    source[0] = periphery.v_read / r_row
+    node = np.linalg.solve(ladder, source)
+    current = gp[row] * node[0::2] - gm[row] * node[1::2]
+    expected = tile.combine(current[None, :] * tile.input_range
+                            / (periphery.v_read * NOISELESS.g_max))
+    got = inference.tile_output(tile, gp, gm,
+                                np.pad(drive, ((0, 0), (tile.row0, 0))), hw)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+    ideal = inference.tile_output(tile, gp, gm, np.pad(drive, ((0, 0), (tile.row0, 0))),
+                                  dataclasses.replace(hw, periphery=IDEAL))
+    assert np.max(np.abs(got - ideal)) > 1e-3 * np.max(np.abs(ideal))  # the wires matter
+
+
+def test_ir_drop_vanishes_with_the_wire_resistance(images):
+    net = random_net("cnn")
+    logits = []
+    for r in (0.0, 1e-9):
+        periphery = dataclasses.replace(IDEAL, r_wire_row=r, r_wire_col=r,
+                                        ir_drop_solver="exact")
+        hw = inference.Hardware(stat=NOISELESS, periphery=periphery, tile_rows=20,
+                                tile_cols=8)
+        rows = inference.layer_rows(net, images)
+        chips = inference.deploy(inference.map_network(net, hw, rows, "fixed"), hw, 3, rows)
+        logits.append(inference.layer_forward(net, images,
+                                              inference.chip_hook(chips, hw, 3600.0, 5, rows)))
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-6, atol=1e-9)
+
+
+def test_study_with_wire_resistance_evaluates_every_method_on_the_resistive_array(tmp_path):
+    """PTO (whose tile model has no wires) and the baselines run on a resistive array; the
+    accuracies differ from the same study without wires, the trained networks do not."""
+    text = TINY.replace("[inference]\n", '[inference]\nmethods = ["float", "sgd_maxabs", '
+                        '"pto_sgd"]\n')
+    runs = []
+    for name, wires in (("ir", "r_wire_row = 1.0\nr_wire_col = 1.0\n"), ("ideal", "")):
+        runs.append(run_scenario(parse_scenario(text.replace("[periphery]\n",
+                                                             f"[periphery]\n{wires}")),
+                                 tmp_path / f"{name}.h5"))
+    with Trace(runs[0]) as ir, Trace(runs[1]) as ideal:
+        assert ir.status == "complete"
+        assert np.array_equal(ir.series("trained_mlp_sgd_w0").data,
+                              ideal.series("trained_mlp_sgd_w0").data)
+        assert not np.array_equal(ir.series("accuracy_mlp_sgd_maxabs").data,
+                                  ideal.series("accuracy_mlp_sgd_maxabs").data)
+        assert "assumes no wire resistance" in ir.attrs["inference_needs"]
 
 
 def test_holdout_calibration_images_are_never_trained_on():
@@ -482,7 +552,8 @@ def test_recovery_interval_covers_the_true_share_at_its_level():
                                   "inference_pto_ablation_hermes.toml",
                                   "inference_pto_calibration.toml",
                                   "inference_training_seeds.toml",
-                                  "inference_training_seeds_hermes.toml"])
+                                  "inference_training_seeds_hermes.toml",
+                                  "inference_ir_drop.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 
