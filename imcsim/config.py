@@ -25,6 +25,7 @@ import numpy as np
 
 from imcsim.errors import InputError
 from imcsim.physics import crossbar, pcm
+from imcsim.scenarios.mixed_precision import TrainingConfig
 from imcsim.scenarios.programming import GDPPolicy
 from imcsim.scenarios.spiking import SpikingConfig
 
@@ -533,6 +534,9 @@ class MemristorSection:
         return dataclasses.replace(memristor.BulkSwitchingModel(), **to_dict(self))
 
 
+_TRAINING_DEFAULTS = TrainingConfig()
+
+
 @dataclass(frozen=True)
 class TrainingSection:
     """On-device training study (scenarios.mixed_precision): an MLP with ``hidden`` layers on
@@ -544,18 +548,20 @@ class TrainingSection:
     convolution with ``channels`` filters as an im2col MVM, pooling, dense layer of
     hidden[0]); ``memristor`` overrides the device model."""
 
-    hidden: tuple[int, ...] = (64,)
-    epochs: int = 15
-    batch: int = 32
-    lr: float = 0.1
-    w_max: float = 1.0
-    max_pulses: int = 16
-    dac_bits: int = 8
-    adc_bits: int = 8
+    # Training settings default to those of scenarios.mixed_precision.TrainingConfig (one
+    # source).
+    hidden: tuple[int, ...] = _TRAINING_DEFAULTS.hidden
+    epochs: int = _TRAINING_DEFAULTS.epochs
+    batch: int = _TRAINING_DEFAULTS.batch
+    lr: float = _TRAINING_DEFAULTS.lr
+    w_max: float = _TRAINING_DEFAULTS.w_max
+    max_pulses: int = _TRAINING_DEFAULTS.max_pulses
+    dac_bits: int = _TRAINING_DEFAULTS.dac_bits
+    adc_bits: int = _TRAINING_DEFAULTS.adc_bits
     rules: tuple[Literal["float", "analog", "mixed"], ...] = ("float", "analog", "mixed")
     seeds: tuple[int, ...] = (0, 1, 2)
-    architecture: Literal["mlp", "lenet"] = "mlp"
-    channels: int = 8
+    architecture: Literal["mlp", "lenet"] = _TRAINING_DEFAULTS.architecture
+    channels: int = _TRAINING_DEFAULTS.channels
     dataset: Literal["digits", "mnist"] = "digits"
     mnist_dir: str = ""
     memristor: MemristorSection = field(default_factory=MemristorSection)
@@ -576,8 +582,6 @@ class TrainingSection:
 
     def config(self, seed: int):
         """The training settings of one seed (the study-level fields left out)."""
-        from imcsim.scenarios.mixed_precision import TrainingConfig
-
         study_only = ("rules", "seeds", "memristor", "dataset", "mnist_dir")
         settings = {k: v for k, v in to_dict(self).items() if k not in study_only}
         settings["hidden"] = tuple(settings["hidden"])
