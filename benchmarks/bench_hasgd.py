@@ -35,7 +35,6 @@ section 2 on seed 0 with 3 epochs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -48,14 +47,15 @@ from bench_pcm import (
     Bench,
     Case,
     Row,
-    _json_safe,
     _loadavg,
     _pct,
     footer_lines,
     header_lines,
     load_snapshot,
     machine_info,
-    other_share,
+    report,
+    run_stats,
+    time_ratios,
 )
 from threadpoolctl import threadpool_limits
 
@@ -214,10 +214,7 @@ def main(argv=None) -> dict:
         acc = accuracy_table(seeds, epochs, noise, log)
         acc_seconds = time.perf_counter() - t0
     end = load_snapshot()
-    by_id = {r.id: r for r in b.rows}
-    for r in b.rows:
-        r.ratio_kind = "time"
-        r.ratio = r.best_s / by_id[r.baseline].best_s
+    time_ratios(b.rows)
     b.notes += [
         "HA-SGD full: 3 exact Hessian-vector products (R-operator) per probe per minibatch; "
         "frozen: one diagonal estimate per minibatch (scenarios/robust_training.py).",
@@ -229,18 +226,14 @@ def main(argv=None) -> dict:
     result = {
         "machine": machine_info(numba.get_num_threads()),
         "config": {"mode": "quick" if args.quick else "default", "repeats": args.repeats,
-                   "seeds": list(seeds), "epochs": epochs, "wall_time_s": end[0] - start[0],
-                   "loadavg_start": loadavg_start, "loadavg_end": _loadavg(),
-                   "other_cpu_total": other_share(*(e - s for e, s in zip(end, start)))},
+                   "seeds": list(seeds), "epochs": epochs,
+                   **run_stats(start, end, loadavg_start)},
         "rows": [asdict(r) for r in b.rows],
         "accuracy": acc,
         "sigma_table": sigma_table(),
         "notes": b.notes,
     }
-    print(format_result(result))
-    print(f"\n(total wall time {result['config']['wall_time_s']:.1f} s)")
-    if args.json is not None:
-        args.json.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    report(result, format_result(result), args.json)
     return result
 
 

@@ -29,7 +29,6 @@ one untimed warm-up, best of ``--repeats`` interleaved rounds). Nothing asserts 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,14 +39,15 @@ from bench_pcm import (
     Bench,
     Case,
     Row,
-    _json_safe,
     _loadavg,
     _pct,
     footer_lines,
     header_lines,
     load_snapshot,
     machine_info,
-    other_share,
+    report,
+    run_stats,
+    time_ratios,
 )
 from threadpoolctl import threadpool_limits
 
@@ -156,10 +156,7 @@ def main(argv=None) -> dict:
     finally:
         numba.set_num_threads(threads_before)
     end = load_snapshot()
-    by_id = {r.id: r for r in b.rows}
-    for r in b.rows:
-        r.ratio_kind = "time"
-        r.ratio = r.best_s / by_id[r.baseline].best_s
+    time_ratios(b.rows)
     b.notes += [
         "a tile pass reads every device once (drift + 1/f noise), computes each tile's drift "
         "compensation on the 256 calibration images and runs the test set through DAC, "
@@ -170,16 +167,11 @@ def main(argv=None) -> dict:
         "machine": machine_info(args.threads),
         "config": {"mode": "quick" if args.quick else "default", "repeats": args.repeats,
                    "threads": args.threads, "test_images": n_test,
-                   "wall_time_s": end[0] - start[0], "loadavg_start": loadavg_start,
-                   "loadavg_end": _loadavg(),
-                   "other_cpu_total": other_share(*(e - s for e, s in zip(end, start)))},
+                   **run_stats(start, end, loadavg_start)},
         "rows": [asdict(r) for r in b.rows],
         "notes": b.notes,
     }
-    print(format_result(result))
-    print(f"\n(total wall time {result['config']['wall_time_s']:.1f} s)")
-    if args.json is not None:
-        args.json.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    report(result, format_result(result), args.json)
     return result
 
 

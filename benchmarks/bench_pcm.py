@@ -603,6 +603,32 @@ def footer_lines(result: dict, rows) -> list[str]:
     return lines
 
 
+def run_stats(start, end, loadavg_start: str) -> dict:
+    """Wall time (s), load averages and the CPU share of other processes between two
+    :func:`load_snapshot` calls: the part of every benchmark's ``config`` that says how
+    quiet the machine was."""
+    return {"wall_time_s": end[0] - start[0], "loadavg_start": loadavg_start,
+            "loadavg_end": _loadavg(),
+            "other_cpu_total": other_share(*(e - s for e, s in zip(end, start)))}
+
+
+def time_ratios(rows) -> None:
+    """Set every row's ratio to its best time over its baseline row's."""
+    by_id = {r.id: r for r in rows}
+    for r in rows:
+        r.ratio_kind = "time"
+        r.ratio = r.best_s / by_id[r.baseline].best_s
+
+
+def report(result: dict, table: str, json_path) -> None:
+    """Print the table and the total wall time; write ``result`` as JSON when asked."""
+    print(table)
+    print(f"\n(total wall time {result['config']['wall_time_s']:.1f} s)")
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False)
+                                   + "\n")
+
+
 def _loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -673,18 +699,12 @@ def main(argv=None) -> dict:
             "repeats": args.repeats,
             "threads": args.threads,
             "sizes": asdict(sizes),
-            "wall_time_s": end[0] - start[0],
-            "loadavg_start": loadavg_start,
-            "loadavg_end": _loadavg(),
-            "other_cpu_total": other_share(*(e - s for e, s in zip(end, start))),
+            **run_stats(start, end, loadavg_start),
         },
         "rows": [asdict(r) for r in b.rows],
         "notes": b.notes,
     }
-    print(format_table(result))
-    print(f"\n(total wall time {result['config']['wall_time_s']:.1f} s)")
-    if args.json is not None:
-        args.json.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    report(result, format_table(result), args.json)
     return result
 
 

@@ -34,7 +34,6 @@ off, "other CPU" from /proc/stat). Nothing here asserts on wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -48,7 +47,6 @@ from bench_pcm import (
     Bench,
     Case,
     Row,
-    _json_safe,
     _loadavg,
     _pct,
     _thr,
@@ -57,7 +55,8 @@ from bench_pcm import (
     header_lines,
     load_snapshot,
     machine_info,
-    other_share,
+    report,
+    run_stats,
 )
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -602,20 +601,13 @@ def main(argv=None) -> dict:
             "repeats": args.repeats,
             "threads": args.threads,
             "sizes": asdict(sizes),
-            "wall_time_s": end[0] - start[0],
-            "loadavg_start": loadavg_start,
-            "loadavg_end": _loadavg(),
-            "other_cpu_total": other_share(*(e - s for e, s in zip(end, start))),
+            **run_stats(start, end, loadavg_start),
         },
         "rows": [asdict(r) for r in b.rows],
         "programming": programming,
         "notes": b.notes,
     }
-    print(format_table(result))
-    print(f"\n(total wall time {result['config']['wall_time_s']:.1f} s)")
-    if args.json is not None:
-        with open(args.json, "w") as f:
-            f.write(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    report(result, format_table(result), args.json)
     return result
 
 
