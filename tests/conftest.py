@@ -13,6 +13,8 @@ import numba
 import numpy as np
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # Step indices: 0 program, 1 calibrate, 2 read, 3 mvm. Each marker line used by the bad-input
 # tests (``rows = 8``, ``seed = 7``, ``batch = 8`` ...) occurs exactly once.
 TINY_TOML = """\
@@ -207,3 +209,37 @@ def restore_threads():
     saved = numba.get_num_threads()
     yield
     numba.set_num_threads(saved)
+
+
+@pytest.fixture
+def quick_benchmark(tmp_path):
+    """Run ``benchmarks/<name> --quick --json`` and check what every table benchmark must
+    report: exactly ``expected_rows``, each with a positive, finite throughput, ratio and
+    time, a baseline among the rows and its label in the printed table, and the given
+    section titles. Returns (JSON result, printed table). No timing thresholds."""
+    import json
+    import math
+    import subprocess
+
+    def run(name: str, expected_rows, sections):
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--quick",
+                               "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        result = json.loads(out.read_text())
+        rows = {r["id"]: r for r in result["rows"]}
+        assert sorted(rows) == sorted(expected_rows)
+        for r in rows.values():
+            for key in ("throughput", "ratio", "best_s", "median_s"):
+                value = r[key]
+                assert isinstance(value, float) and math.isfinite(value) and value > 0, (
+                    r["id"], key)
+            assert r["baseline"] in rows
+            assert r["label"] in proc.stdout
+        for section in sections:
+            assert section in proc.stdout
+        assert result["machine"]["numpy"] and result["machine"]["numba_threads_used"] >= 1
+        return result, proc.stdout
+
+    return run
