@@ -218,8 +218,9 @@ def init_mlp(sizes: Sequence[int], seed: int) -> MLPParams:
     return MLPParams(weights, biases)
 
 
-def _layer_product(matmul: MatmulHook | None, layer: int, x: np.ndarray, w: np.ndarray
-                   ) -> np.ndarray:
+def layer_product(matmul: MatmulHook | None, layer: int, x: np.ndarray, w: np.ndarray
+                  ) -> np.ndarray:
+    """x @ w, or the hook's product for ``layer`` (e.g. through tiles), shape-checked."""
     if matmul is None:
         return x @ w
     y = np.asarray(matmul(layer, x, w))
@@ -239,7 +240,7 @@ def forward(params: MLPParams, x: np.ndarray, matmul: MatmulHook | None = None) 
     h = np.asarray(x, dtype=np.float64)
     last = len(params.weights) - 1
     for layer, (w, b) in enumerate(zip(params.weights, params.biases)):
-        h = _layer_product(matmul, layer, h, w) + b
+        h = layer_product(matmul, layer, h, w) + b
         if layer < last:
             h = np.maximum(h, 0.0)
     return h

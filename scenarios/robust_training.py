@@ -141,22 +141,12 @@ def build_net(architecture: str, features: int, classes: int, *, hidden=(64,), c
     return Net(layers, weights, [np.zeros(layer.shape[1]) for layer in layers], architecture)
 
 
-def _product(matmul, k, a, w):
-    if matmul is None:
-        return a @ w
-    y = np.asarray(matmul(k, a, w))
-    if y.shape != (a.shape[0], w.shape[1]):
-        raise ValueError(f"matmul hook returned shape {y.shape} for layer {k}, "
-                         f"expected {(a.shape[0], w.shape[1])}")
-    return y
-
-
 def _forward(net, weights, x, matmul=None):
     """Logits and, per layer, the rows fed to its product and the cache of its ``post``."""
     rows, caches, h = [], [], x
     for k, (layer, w, b) in enumerate(zip(net.layers, weights, net.biases)):
         a = layer.pre(h)
-        h, cache = layer.post(_product(matmul, k, a, w) + b)
+        h, cache = layer.post(digits.layer_product(matmul, k, a, w) + b)
         rows.append(a)
         caches.append(cache)
     return h, rows, caches
