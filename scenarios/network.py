@@ -84,6 +84,38 @@ def build_tiles(params: digits.MLPParams, x_calibration: np.ndarray, periphery_t
     return specs
 
 
+def program_verify(g_plus: np.ndarray, g_minus: np.ndarray, seed: int,
+                   verify: pcm.VerifyPolicy, pulse: pcm.PulseModel
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                              pcm.DeviceParams]:
+    """Pulse-level program-and-verify of n pairs toward the targets ``g_plus``, ``g_minus``
+    (S, any shape, n each) on fresh device instances of ``seed``: the pair's difference
+    (:func:`pcm.program_verify_pairs`) when ``verify.differential``, else each device on its
+    own (:func:`pcm.program_verify`).
+
+    Returns (g, t_prog, pulses, converged, params): the 2·n programmed conductances in the flat
+    [G⁺ (n), G⁻ (n)] layout (S), each device's time of its last pulse from the start of
+    programming (pulses × t_pulse, s), its pulse count, and whether it (its pair, when
+    differential) ended within tolerance, and the devices' device-to-device parameters."""
+    targets = np.concatenate([np.ravel(g_plus), np.ravel(g_minus)]).astype(np.float64)
+    n2 = targets.size
+    params = pcm.draw_device_params(seed, n2, pulse)
+    g = np.empty(n2)
+    pulses = np.zeros(n2, dtype=np.int64)
+    common = (params.dg0, params.g_sat, params.g_reset, pulse.dg0, pulse.g_sat,
+              pulse.sigma_c2c, pulse.sigma_reset, verify.tolerance, verify.max_pulses,
+              verify.read_noise, verify.read_resolution, verify.step_fraction, verify.s_min,
+              np.uint64(seed), np.uint64(0), pulses)
+    if verify.differential:
+        converged = np.zeros(n2 // 2, dtype=np.bool_)
+        pcm.program_verify_pairs(targets[:n2 // 2] - targets[n2 // 2:], g, *common, converged)
+        converged = np.concatenate([converged, converged])
+    else:
+        converged = np.zeros(n2, dtype=np.bool_)
+        pcm.program_verify(targets, g, *common, converged)
+    return g, pulses * pulse.t_pulse, pulses, converged, params
+
+
 def program_tiles(specs, method: str, verify: pcm.VerifyPolicy,
                   gdp: programming.GDPPolicy, pulse: pcm.PulseModel,
                   stat: pcm.StatisticalModel, device_seed: int) -> list[Tile]:
@@ -91,26 +123,19 @@ def program_tiles(specs, method: str, verify: pcm.VerifyPolicy,
     tiles = []
     for index, (layer, r0, c0, block, scale, periphery) in enumerate(specs):
         seed = tile_seed(device_seed, index)
-        rows, cols = block.shape
-        n = rows * cols
-        params = pcm.draw_device_params(seed, 2 * n, pulse)
-        state = programming.TileState(np.empty(2 * n), np.zeros(2 * n), np.empty(2 * n),
-                                      np.empty(2 * n), params)
-        pulses = np.zeros(2 * n, dtype=np.int64)
         if method == "gdp":
+            n = block.size
+            params = pcm.draw_device_params(seed, 2 * n, pulse)
+            state = programming.TileState(np.empty(2 * n), np.zeros(2 * n), np.empty(2 * n),
+                                          np.empty(2 * n), params)
+            pulses = np.zeros(2 * n, dtype=np.int64)
             programming.program_gdp(state, block, pulse=pulse, stat=stat, periphery=periphery,
                                     weight_scale=scale, policy=gdp, seed=seed, counter0=0,
                                     t_start=0.0, pulses_out=pulses)
         else:
             gp, gm = crossbar.weights_to_conductances(block, scale, stat.g_max)
-            ok = np.zeros(n, dtype=np.bool_)
-            resolution = verify.read_resolution
-            pcm.program_verify_pairs((gp - gm).ravel(), state.g, params.dg0, params.g_sat,
-                                     params.g_reset, pulse.dg0, pulse.g_sat, pulse.sigma_c2c,
-                                     pulse.sigma_reset, verify.tolerance, verify.max_pulses,
-                                     verify.read_noise, resolution, verify.step_fraction,
-                                     verify.s_min, np.uint64(seed), np.uint64(0), pulses, ok)
-            state.t_prog[:] = pulses * pulse.t_pulse
+            g, t_prog, pulses, _, params = program_verify(gp, gm, seed, verify, pulse)
+            state = programming.TileState(g, t_prog, np.empty_like(g), np.empty_like(g), params)
             pcm.draw_drift_state(state.g, state.g, stat.g_max, stat.model_id, stat.drift_scale,
                                  np.uint64(seed), np.uint64(1 << 40), state.nu, state.q_s)
         tiles.append(Tile(layer, r0, c0, block, scale, periphery, state, seed, pulses))
