@@ -52,7 +52,10 @@ def summary_lines(trace: Trace) -> list[str]:
     resolved = json.loads(str(trace.attrs.get("scenario_resolved", "{}")))
     device = resolved.get("device", {}).get("model")
     if device:
-        lines.insert(0, f"  PCM device model: {device}")
+        programming = str(trace.attrs.get("inference_programming", "statistical"))
+        how = ("programmed pulse by pulse (program-and-verify)" if programming == "verify"
+               else "programmed to its statistical programming noise")
+        lines.insert(0, f"  PCM device model: {device}, {how}")
     for arch in _names(trace, "inference_architectures"):
         mine = [r for r in rows if r["architecture"] == arch]
         times = mine[0]["t"]
@@ -69,6 +72,15 @@ def summary_lines(trace: Trace) -> list[str]:
                 err = trace.series(name).data.mean(axis=1)
                 lines.append(f"    {r['method']:<20}" + "".join(f"{100 * e:>16.2f}"
                                                              for e in err))
+        pulses = [(r["method"], trace.series(f"programming_pulses_{arch}_{r['method']}").data,
+                   trace.series(f"programming_converged_{arch}_{r['method']}").data)
+                  for r in mine
+                  if f"programming_pulses_{arch}_{r['method']}" in trace.series_names()]
+        if pulses:
+            lines.append("    program-and-verify: mean pulses per device, share of pairs within "
+                         "tolerance (mean over seeds):")
+            lines.extend(f"    {method:<20}{np.mean(p):>16.2f}{100 * np.mean(c):>15.2f} %"
+                         for method, p, c in pulses)
         by_method = {r["method"]: r for r in mine}
         accuracies = {r["method"]: trace.series(f"accuracy_{arch}_{r['method']}").data
                       for r in mine}

@@ -736,7 +736,9 @@ class InferenceSection:
     ``calibration_source`` "holdout" they are withheld from every training, with "train" the
     networks are trained on them too). ``percentile``: the
     DAC range of "sgd_percentile" (percentile of |input|); ``afp_gain``: γ of the analog
-    floating-point mapping; ``pto``: the range optimiser."""
+    floating-point mapping; ``pto``: the range optimiser. ``programming``: "statistical"
+    (one step to the preset's fitted programming noise) or "verify" (pulse by pulse with the
+    [device.pulse] model under the ``verify`` program-and-verify controller)."""
 
     architectures: tuple[Literal["mlp", "cnn"], ...] = ("mlp", "cnn")
     hidden: tuple[int, ...] = (64,)
@@ -760,6 +762,8 @@ class InferenceSection:
     tile_cols: int = 256
     percentile: float = 99.9
     afp_gain: float = 4.0
+    programming: Literal["statistical", "verify"] = "statistical"
+    verify: VerifySection = field(default_factory=lambda: VerifySection(differential=True))
     pto: PTOSection = field(default_factory=PTOSection)
 
     def validate(self, where):
@@ -784,6 +788,9 @@ class InferenceSection:
             raise InputError(f"{where}.afp_gain: must be > 1, got {self.afp_gain}")
         if self.tile_cols < 2:
             raise InputError(f"{where}.tile_cols: the two-column mappings need at least 2")
+        if self.programming == "verify" and "pto_sgd_chip_oracle" in self.methods:
+            raise InputError(f"{where}.methods: pto_sgd_chip_oracle replays the statistical "
+                             "model's draws and needs programming = 'statistical'")
         _check_times(f"{where}.times", self.times)
         if not self.times or self.times[0] <= 0:
             raise InputError(f"{where}.times: needs increasing times > 0 s")

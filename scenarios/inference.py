@@ -71,13 +71,43 @@ DEVICE_MODELS = ("joshi2020", "hermes2023")  # PCM presets PTO's tile model impl
 _READ_COUNTER0 = 16  # read counters: calibration at _READ_COUNTER0, time k at +1 + k
 
 
+PROGRAMMING = ("statistical", "verify")
+
+
+@dataclass(frozen=True)
+class Programming:
+    """How a chip's devices reach their targets.
+
+    "statistical": in one step, to the preset's fitted programming-noise statistic (Joshi et
+    al. 2020 / Le Gallo et al. 2023 fit σ_prog(g_T) of their own iterative programming), with
+    the drift exponent and read-noise amplitude drawn at the target as those papers fit them.
+    "verify": pulse by pulse, the per-pulse PCM model ``pulse`` (our reconstruction, see
+    :mod:`physics.pcm`) under the program-and-verify controller ``verify``
+    (:func:`network.program_verify`); the programming error is then whatever the loop leaves
+    (bounded by its tolerance where it converges), and the drift exponent and read-noise
+    amplitude of each device are drawn at the conductance it reached. Drift and read noise
+    follow the statistical preset in both cases.
+    """
+
+    method: str = "statistical"
+    verify: pcm.VerifyPolicy = field(default_factory=lambda: pcm.VerifyPolicy(
+        differential=True))
+    pulse: pcm.PulseModel = field(default_factory=pcm.PulseModel)
+
+    def __post_init__(self):
+        if self.method not in PROGRAMMING:
+            raise ValueError(f"programming method must be one of {PROGRAMMING}, "
+                             f"got {self.method!r}")
+
+
 @dataclass(frozen=True)
 class Hardware:
     """The simulated chip: PCM statistical model, tile size, periphery, GDC time.
 
     ``periphery`` gives dac_bits, adc_bits, v_read (V) and adc_full_scale (A); its
     input_range is replaced per tile by the mapping's DAC range. ``t_calibrate`` (s) is when
-    the drift-compensation reference is taken, after programming at t = 0.
+    the drift-compensation reference is taken, after programming at t = 0; ``programming``
+    says how the devices are programmed.
     """
 
     stat: pcm.StatisticalModel = field(default_factory=pcm.StatisticalModel)
@@ -86,6 +116,7 @@ class Hardware:
     tile_rows: int = 256
     tile_cols: int = 256
     t_calibrate: float = 1.0
+    programming: Programming = field(default_factory=Programming)
 
     @property
     def adc_range(self) -> float:
@@ -295,7 +326,9 @@ def with_ranges(tiles: list[TileMap], scales: list[np.ndarray], input_ranges: li
 
 @dataclass
 class ProgrammedTile:
-    """A tile's devices after statistical programming: flat [G⁺ (rows·P), G⁻ (rows·P)]."""
+    """A tile's devices after programming: flat [G⁺ (rows·P), G⁻ (rows·P)]; ``t_prog`` each
+    device's last pulse (s, None: all at t = 0), ``pulses`` its pulse count (None:
+    statistical programming)."""
 
     tile: TileMap
     seed: int
@@ -304,6 +337,9 @@ class ProgrammedTile:
     nu: np.ndarray
     q_s: np.ndarray
     gdc_reference: float = np.nan
+    t_prog: np.ndarray | None = None
+    pulses: np.ndarray | None = None
+    converged: np.ndarray | None = None
 
 
 def conductance_targets(tile: TileMap, g_max: float) -> np.ndarray:
@@ -312,19 +348,33 @@ def conductance_targets(tile: TileMap, g_max: float) -> np.ndarray:
     return np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * g_max
 
 
-def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int
-            ) -> list[ProgrammedTile]:
-    """Program every tile at t = 0 with the statistical model on the devices of
-    ``device_seed`` (tile k: ``network.tile_seed(device_seed, k)``)."""
+def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
+            programming: Programming | None = None) -> list[ProgrammedTile]:
+    """Program every tile at t = 0 on the devices of ``device_seed`` (tile k:
+    ``network.tile_seed(device_seed, k)``), by ``programming`` (default: statistical).
+
+    Both methods draw the drift exponents from the same standard normals (stream NU, counter
+    0) and read with the same counters, so for one seed they differ only in how the devices
+    were programmed (common random numbers)."""
+    programming = programming or Programming()
     out = []
     for index, tile in enumerate(tiles):
         seed = network.tile_seed(device_seed, index)
         g_t = conductance_targets(tile, stat.g_max)
+        nu, q_s = np.empty_like(g_t), np.empty_like(g_t)
+        if programming.method == "verify":
+            half = g_t.size // 2
+            g_p, t_prog, pulses, converged, _ = network.program_verify(
+                g_t[:half], g_t[half:], seed, programming.verify, programming.pulse)
+            pcm.draw_drift_state(g_p, g_p, stat.g_max, stat.model_id, stat.drift_scale,
+                                 np.uint64(seed), np.uint64(0), nu, q_s)
+            out.append(ProgrammedTile(tile, seed, g_t, g_p, nu, q_s, t_prog=t_prog,
+                                      pulses=pulses, converged=converged))
+            continue
         g_p = np.empty_like(g_t)
         pcm.program_statistical(g_t, g_p, stat.g_max, np.asarray(stat.prog_coeff),
                                 stat.prog_coeff_g_ref, stat.prog_noise_scale, np.uint64(seed),
                                 np.uint64(0))
-        nu, q_s = np.empty_like(g_t), np.empty_like(g_t)
         # Q_s is fitted at the target for Joshi et al., at the programmed state for HERMES
         g_for_qs = g_t if stat.model_id == pcm.MODEL_JOSHI else g_p
         pcm.draw_drift_state(g_t, g_for_qs, stat.g_max, stat.model_id, stat.drift_scale,
@@ -337,7 +387,8 @@ def read(chip: ProgrammedTile, stat: pcm.StatisticalModel, t: float, counter: in
          ) -> tuple[np.ndarray, np.ndarray]:
     """(G⁺, G⁻), each (rows, P) in S, of one tile read at ``t`` with read-noise counter."""
     g = np.empty((1, chip.g_prog.size))
-    pcm.read_drifted(chip.g_prog, np.zeros_like(chip.g_prog), chip.nu, chip.q_s,
+    t_prog = chip.t_prog if chip.t_prog is not None else np.zeros_like(chip.g_prog)
+    pcm.read_drifted(chip.g_prog, t_prog, chip.nu, chip.q_s,
                      np.array([float(t)]), np.array([counter], dtype=np.uint64), stat.t0,
                      stat.t_read, stat.shifted, stat.read_noise_scale, np.uint64(chip.seed), g)
     half = g.size // 2
@@ -418,17 +469,21 @@ def deploy(tiles: list[TileMap], hw: Hardware, device_seed: int,
            rows_calibration: list[np.ndarray]) -> list[ProgrammedTile]:
     """Program the tiles on the devices of ``device_seed`` and take the drift-compensation
     reference."""
-    chips = program(tiles, hw.stat, device_seed)
+    chips = program(tiles, hw.stat, device_seed, hw.programming)
     calibrate(chips, hw, rows_calibration)
     return chips
 
 
 def evaluate(net, tiles: list[TileMap], hw: Hardware, device_seed: int, times, x, y,
-             rows_calibration: list[np.ndarray], errors: list | None = None) -> np.ndarray:
+             rows_calibration: list[np.ndarray], errors: list | None = None,
+             deployed: list | None = None) -> np.ndarray:
     """Test accuracy of ``net`` on its tiles programmed on the devices of ``device_seed``,
     at each of ``times`` (s) after programming, with global drift compensation; appends
-    :func:`weight_error` at each time to ``errors`` when given."""
+    :func:`weight_error` at each time to ``errors`` and the programmed tiles to
+    ``deployed`` when given."""
     chips = deploy(tiles, hw, device_seed, rows_calibration)
+    if deployed is not None:
+        deployed.extend(chips)
     out = np.empty(len(times))
     for k, t in enumerate(times):
         hook = chip_hook(chips, hw, t, _READ_COUNTER0 + 1 + k, rows_calibration)
@@ -574,8 +629,12 @@ class InferenceRun:
         if "pto_sgd_chip_oracle" in sec.methods and sec.pto.t_target not in sec.times:
             raise InputError("inference.pto.t_target: the chip oracle needs it among "
                              "inference.times")
-        self.hw = Hardware(stat=stat, periphery=per.periphery(), tile_rows=sec.tile_rows,
-                           tile_cols=sec.tile_cols, t_calibrate=sec.t_calibrate)
+        periphery = per.periphery()
+        programming = Programming(sec.programming, sec.verify.policy(periphery),
+                                  sc.device.pulse_model())
+        self.hw = Hardware(stat=stat, periphery=periphery, tile_rows=sec.tile_rows,
+                           tile_cols=sec.tile_cols, t_calibrate=sec.t_calibrate,
+                           programming=programming)
         self.pto_seed = int(rng.stream_key(np.uint64(seed), np.uint64(_STREAM_PTO))
                             >> np.uint64(1))
         self.trainings = []
@@ -625,7 +684,8 @@ class InferenceRun:
                     inference_device_seeds=list(sec.device_seeds),
                     inference_times=list(sec.times),
                     inference_trainings=self.trainings,
-                    inference_pto_seed=self.pto_seed)
+                    inference_pto_seed=self.pto_seed,
+                    inference_programming=sec.programming)
         n_seeds = len(sec.device_seeds)
         for arch in sec.architectures:
             for method in sec.methods:
@@ -634,6 +694,14 @@ class InferenceRun:
                                  f"({list(sec.device_seeds)}) at each time after "
                                  f"programming, with global drift compensation; needs to "
                                  f"know: {NEEDS[method]}", n=len(sec.times))
+                if method != "float" and sec.programming == "verify":
+                    for what, desc in (("pulses", "mean pulses per device (RESETs included)"),
+                                       ("converged", "share of pairs that ended within the "
+                                                     "verify tolerance")):
+                        w.declare_series(f"programming_{what}_{arch}_{method}", (n_seeds,),
+                                         "f8", "1", f"{arch}, {method}: {desc} per device "
+                                         "seed, program-and-verify", n=1,
+                                         time_units="s", time_description="0: programming")
                 if method != "float":
                     w.declare_series(f"weight_error_{arch}_{method}", (n_seeds,), "f8", "1",
                                      f"{arch}, {method}: |W_eff - W|/|W| over all layers per "
@@ -884,13 +952,20 @@ class InferenceRun:
                     progress(1)
             acc = np.empty((len(sec.times), len(sec.device_seeds)))
             err = np.empty_like(acc)
+            pulses, converged = np.empty(len(sec.device_seeds)), np.empty(len(sec.device_seeds))
             for j, device_seed in enumerate(sec.device_seeds):
-                errors = []
+                errors, chips = [], []
                 acc[:, j] = evaluate(net, tiles, hw, device_seed, sec.times, data.x_test,
-                                     data.y_test, rows_cal, errors)
+                                     data.y_test, rows_cal, errors, chips)
                 err[:, j] = errors
+                if sec.programming == "verify":
+                    pulses[j] = np.mean(np.concatenate([c.pulses for c in chips]))
+                    converged[j] = np.mean(np.concatenate([c.converged for c in chips]))
                 if progress is not None:
                     progress(1)
+            if sec.programming == "verify":
+                w.append(f"programming_pulses_{arch}_{method}", 0.0, pulses)
+                w.append(f"programming_converged_{arch}_{method}", 0.0, converged)
             results[method] = acc
             weight_errors[method] = err
         for method in sec.methods:

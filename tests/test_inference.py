@@ -322,6 +322,9 @@ def test_one_and_two_threads_give_the_same_bytes(tiny_trace, tmp_path, read_data
     ('t_calibrate = -1.0', "t_calibrate"),
     ('percentile = 0.0', "percentile"),
     ('calibration_source = "test"', "calibration_source"),
+    ('programming = "pulsed"', "programming"),
+    ('programming = "verify"\nmethods = ["float", "pto_sgd_chip_oracle"]', "methods"),
+    ('verify = { tolerance = -1e-6 }', "verify.tolerance"),
 ])
 def test_bad_inference_tables_are_input_errors(change, field):
     text = TINY.replace("[inference]\n", f"[inference]\n{change}\n")
@@ -454,6 +457,87 @@ def test_hermes_study_runs_on_the_hermes_device(tiny_trace, tmp_path):
     assert np.all(np.abs(error - joshi) > 1e-3 * joshi)
 
 
+# ----------------------------------------------------------------------------------------
+# Pulse-level programming of the chip
+
+
+@pytest.mark.parametrize("differential", [True, False])
+def test_program_and_verify_lands_every_converged_target_within_tolerance(differential):
+    """With a noiseless verify read, the loop stops only when the read is within tolerance,
+    so every converged pair (differential: G⁺ − G⁻) or device is within it of its target;
+    the two controllers are different loops, so they leave different conductances."""
+    from imcsim.scenarios import network
+
+    gen = np.random.default_rng(4)
+    w = gen.standard_normal((30, 12))
+    g_plus, g_minus = crossbar.weights_to_conductances(w, float(np.abs(w).max()), 25e-6)
+    policy = pcm.VerifyPolicy(read_noise=0.0, differential=differential)
+    g, t_prog, pulses, converged, params = network.program_verify(g_plus, g_minus, 9, policy,
+                                                                  pcm.PulseModel())
+    n = w.size
+    assert converged.mean() > 0.99 and np.all(pulses >= 1)
+    assert np.array_equal(t_prog, pulses * pcm.PulseModel().t_pulse)
+    if differential:
+        error = (g[:n] - g[n:]) - (g_plus - g_minus).ravel()
+        assert np.all(np.abs(error[converged[:n]]) <= policy.tolerance * (1 + 1e-12))
+    else:
+        error = g - np.concatenate([g_plus.ravel(), g_minus.ravel()])
+        assert np.all(np.abs(error[converged]) <= policy.tolerance * (1 + 1e-12))
+    other = network.program_verify(g_plus, g_minus, 9, dataclasses.replace(
+        policy, differential=not differential), pcm.PulseModel())[0]
+    assert not np.array_equal(g, other)
+    assert params.dg0.size == 2 * n
+
+
+def test_verify_programmed_chip_holds_the_targets_within_tolerance(images):
+    """The harness with pulse-level programming and no drift or read noise: every tile's
+    pairs, read back, hold their mapped targets within the verify tolerance — the layout,
+    seeds and targets reach the pulse-level controller intact."""
+    net = random_net("mlp")
+    policy = pcm.VerifyPolicy(read_noise=0.0, differential=True)
+    hw = inference.Hardware(stat=NOISELESS, periphery=IDEAL, tile_rows=20, tile_cols=8,
+                            programming=inference.Programming("verify", policy))
+    rows = inference.layer_rows(net, images)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    chips = inference.deploy(tiles, hw, 3, rows)
+    for chip in chips:
+        gp, gm = inference.read(chip, hw.stat, 1.0, 17)
+        target = chip.tile.targets() * hw.stat.g_max
+        ok = chip.converged[:target.size].reshape(target.shape)
+        assert ok.mean() > 0.99
+        assert np.all(np.abs((gp - gm - target)[ok]) <= policy.tolerance * (1 + 1e-12))
+    statistical = inference.program(tiles, hw.stat, 3)
+    assert all(c.pulses is None and c.t_prog is None for c in statistical)
+    with pytest.raises(ValueError, match="programming method"):
+        inference.Programming("pulsed")
+
+
+VERIFY_TINY = TINY.replace("[inference]\n", """[inference]
+architectures = ["mlp"]
+programming = "verify"
+methods = ["float", "sgd_maxabs", "pto_sgd"]
+""").replace('architectures = ["mlp", "cnn"]\n', "")
+
+
+def test_verify_study_records_its_pulses_and_is_thread_independent(tmp_path, read_datasets,
+                                                                   restore_threads):
+    import numba
+
+    first = run_scenario(parse_scenario(VERIFY_TINY), tmp_path / "verify.h5")
+    with Trace(first) as tr:
+        assert tr.attrs["inference_programming"] == "verify"
+        pulses = tr.series("programming_pulses_mlp_sgd_maxabs").data
+        converged = tr.series("programming_converged_mlp_pto_sgd").data
+        assert pulses.shape == (1, 2) and np.all(pulses >= 1.0)
+        assert np.all((converged > 0.9) & (converged <= 1.0))
+        assert "programming_pulses_mlp_float" not in tr.series_names()
+    result = CliRunner().invoke(main, ["info", str(first)])
+    assert result.exit_code == 0 and "program-and-verify" in result.output
+    numba.set_num_threads(2 if numba.get_num_threads() == 1 else 1)
+    again = run_scenario(parse_scenario(VERIFY_TINY), tmp_path / "again.h5")
+    assert read_datasets(again) == read_datasets(first)
+
+
 def test_hardware_adc_range_is_in_rows_of_full_scale_current():
     hw = inference.Hardware(periphery=dataclasses.replace(IDEAL, adc_full_scale=50e-6))
     assert hw.adc_range == pytest.approx(10.0)  # 50 µA = 10 × 0.2 V × 25 µS
@@ -553,7 +637,8 @@ def test_recovery_interval_covers_the_true_share_at_its_level():
                                   "inference_pto_calibration.toml",
                                   "inference_training_seeds.toml",
                                   "inference_training_seeds_hermes.toml",
-                                  "inference_ir_drop.toml"])
+                                  "inference_ir_drop.toml",
+                                  "inference_programming.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 
