@@ -51,10 +51,11 @@ def summary_lines(trace: Trace) -> list[str]:
              "global drift compensation"]
     resolved = json.loads(str(trace.attrs.get("scenario_resolved", "{}")))
     device = resolved.get("device", {}).get("model")
+    programming = str(trace.attrs.get("inference_programming", "statistical"))
     if device:
-        programming = str(trace.attrs.get("inference_programming", "statistical"))
-        how = ("programmed pulse by pulse (program-and-verify)" if programming == "verify"
-               else "programmed to its statistical programming noise")
+        how = {"verify": "programmed pulse by pulse (program-and-verify)",
+               "gdp": "programmed pulse by pulse (gradient-descent programming)"}.get(
+            programming, "programmed to its statistical programming noise")
         lines.insert(0, f"  PCM device model: {device}, {how}")
     for arch in _names(trace, "inference_architectures"):
         mine = [r for r in rows if r["architecture"] == arch]
@@ -72,15 +73,22 @@ def summary_lines(trace: Trace) -> list[str]:
                 err = trace.series(name).data.mean(axis=1)
                 lines.append(f"    {r['method']:<20}" + "".join(f"{100 * e:>16.2f}"
                                                              for e in err))
-        pulses = [(r["method"], trace.series(f"programming_pulses_{arch}_{r['method']}").data,
-                   trace.series(f"programming_converged_{arch}_{r['method']}").data)
-                  for r in mine
-                  if f"programming_pulses_{arch}_{r['method']}" in trace.series_names()]
-        if pulses:
-            lines.append("    program-and-verify: mean pulses per device, share of pairs within "
-                         "tolerance (mean over seeds):")
-            lines.extend(f"    {method:<20}{np.mean(p):>16.2f}{100 * np.mean(c):>15.2f} %"
-                         for method, p, c in pulses)
+        programmed = [(r["method"], {what: trace.series(f"programming_{what}_{arch}_"
+                                                        f"{r['method']}").data
+                                     for what in ("pulses", "converged", "mvm_error")
+                                     if f"programming_{what}_{arch}_{r['method']}"
+                                     in trace.series_names()})
+                      for r in mine]
+        programmed = [(method, rec) for method, rec in programmed if rec]
+        if programmed:
+            last = ("share of pairs (devices) within tolerance" if "converged"
+                    in programmed[0][1] else "relative MVM error at GDP's last iteration")
+            lines.append(f"    {programming} programming: mean pulses per device, {last} "
+                         "(mean over seeds):")
+            for method, rec in programmed:
+                other = rec.get("converged", rec.get("mvm_error"))
+                lines.append(f"    {method:<20}{np.mean(rec['pulses']):>16.2f}"
+                             f"{100 * np.mean(other):>15.2f} %")
         by_method = {r["method"]: r for r in mine}
         accuracies = {r["method"]: trace.series(f"accuracy_{arch}_{r['method']}").data
                       for r in mine}

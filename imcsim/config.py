@@ -762,8 +762,9 @@ class InferenceSection:
     tile_cols: int = 256
     percentile: float = 99.9
     afp_gain: float = 4.0
-    programming: Literal["statistical", "verify"] = "statistical"
+    programming: Literal["statistical", "verify", "gdp"] = "statistical"
     verify: VerifySection = field(default_factory=lambda: VerifySection(differential=True))
+    gdp: GDPSection = field(default_factory=GDPSection)
     pto: PTOSection = field(default_factory=PTOSection)
 
     def validate(self, where):
@@ -788,7 +789,7 @@ class InferenceSection:
             raise InputError(f"{where}.afp_gain: must be > 1, got {self.afp_gain}")
         if self.tile_cols < 2:
             raise InputError(f"{where}.tile_cols: the two-column mappings need at least 2")
-        if self.programming == "verify" and "pto_sgd_chip_oracle" in self.methods:
+        if self.programming != "statistical" and "pto_sgd_chip_oracle" in self.methods:
             raise InputError(f"{where}.methods: pto_sgd_chip_oracle replays the statistical "
                              "model's draws and needs programming = 'statistical'")
         _check_times(f"{where}.times", self.times)

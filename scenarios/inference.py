@@ -65,13 +65,14 @@ import numpy as np
 
 from imcsim.physics import crossbar, pcm, rng
 from imcsim.scenarios import network
+from imcsim.scenarios import programming as gdp_programming
 
 MAPPINGS = ("fixed", "fixed2", "afp")
 DEVICE_MODELS = ("joshi2020", "hermes2023")  # PCM presets PTO's tile model implements
 _READ_COUNTER0 = 16  # read counters: calibration at _READ_COUNTER0, time k at +1 + k
 
 
-PROGRAMMING = ("statistical", "verify")
+PROGRAMMING = ("statistical", "verify", "gdp")
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,19 @@ class Programming:
     "verify": pulse by pulse, the per-pulse PCM model ``pulse`` (our reconstruction, see
     :mod:`physics.pcm`) under the program-and-verify controller ``verify``
     (:func:`network.program_verify`); the programming error is then whatever the loop leaves
-    (bounded by its tolerance where it converges), and the drift exponent and read-noise
-    amplitude of each device are drawn at the conductance it reached. Drift and read noise
-    follow the statistical preset in both cases.
+    (bounded by its tolerance where it converges). "gdp": pulse by pulse with gradient-descent
+    programming (:func:`scenarios.programming.program_gdp`, policy ``gdp``), which programs
+    each tile's physical columns toward their normalised targets so as to minimise the MVM
+    error seen through the tile's own DAC range, ADC and wires. In both pulse-level methods
+    the drift exponent and read-noise amplitude of each device are drawn at the conductance
+    it reached. Drift and read noise follow the statistical preset in every case.
     """
 
     method: str = "statistical"
     verify: pcm.VerifyPolicy = field(default_factory=lambda: pcm.VerifyPolicy(
         differential=True))
     pulse: pcm.PulseModel = field(default_factory=pcm.PulseModel)
+    gdp: gdp_programming.GDPPolicy = field(default_factory=gdp_programming.GDPPolicy)
 
     def __post_init__(self):
         if self.method not in PROGRAMMING:
@@ -328,7 +333,8 @@ def with_ranges(tiles: list[TileMap], scales: list[np.ndarray], input_ranges: li
 class ProgrammedTile:
     """A tile's devices after programming: flat [G⁺ (rows·P), G⁻ (rows·P)]; ``t_prog`` each
     device's last pulse (s, None: all at t = 0), ``pulses`` its pulse count (None:
-    statistical programming)."""
+    statistical programming), ``converged`` whether its pair ended within the verify
+    tolerance (verify only), ``mvm_error`` GDP's relative MVM error at its last iteration."""
 
     tile: TileMap
     seed: int
@@ -340,6 +346,7 @@ class ProgrammedTile:
     t_prog: np.ndarray | None = None
     pulses: np.ndarray | None = None
     converged: np.ndarray | None = None
+    mvm_error: float = np.nan
 
 
 def conductance_targets(tile: TileMap, g_max: float) -> np.ndarray:
@@ -349,19 +356,42 @@ def conductance_targets(tile: TileMap, g_max: float) -> np.ndarray:
 
 
 def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
-            programming: Programming | None = None) -> list[ProgrammedTile]:
+            programming: Programming | None = None,
+            periphery: crossbar.Periphery | None = None) -> list[ProgrammedTile]:
     """Program every tile at t = 0 on the devices of ``device_seed`` (tile k:
-    ``network.tile_seed(device_seed, k)``), by ``programming`` (default: statistical).
+    ``network.tile_seed(device_seed, k)``), by ``programming`` (default: statistical); GDP
+    needs the chip's ``periphery`` (its input_range is replaced by each tile's DAC range).
 
-    Both methods draw the drift exponents from the same standard normals (stream NU, counter
-    0) and read with the same counters, so for one seed they differ only in how the devices
-    were programmed (common random numbers)."""
+    Every method draws the drift exponents from the same standard normals (stream NU,
+    counter 0, unused by the programming loops) and reads with the same counters, so for one
+    seed they differ only in how the devices were programmed (common random numbers)."""
     programming = programming or Programming()
+    if programming.method == "gdp" and periphery is None:
+        raise ValueError("GDP programming needs the chip's periphery")
     out = []
     for index, tile in enumerate(tiles):
         seed = network.tile_seed(device_seed, index)
         g_t = conductance_targets(tile, stat.g_max)
         nu, q_s = np.empty_like(g_t), np.empty_like(g_t)
+        if programming.method == "gdp":
+            u = tile.targets()
+            n = u.size
+            state = gdp_programming.TileState(
+                np.empty(2 * n), np.zeros(2 * n), np.empty(2 * n), np.empty(2 * n),
+                pcm.draw_device_params(seed, 2 * n, programming.pulse))
+            pulses = np.zeros(2 * n, dtype=np.int64)
+            # Normalised targets at weight scale 1: the tile's G⁺ − G⁻ = u·g_max, its inputs
+            # through the tile's own DAC range, as tile_output computes them.
+            trace = gdp_programming.program_gdp(
+                state, u, pulse=programming.pulse, stat=stat,
+                periphery=replace(periphery, input_range=tile.input_range), weight_scale=1.0,
+                policy=programming.gdp, seed=seed, counter0=0, t_start=0.0,
+                pulses_out=pulses)
+            pcm.draw_drift_state(state.g, state.g, stat.g_max, stat.model_id,
+                                 stat.drift_scale, np.uint64(seed), np.uint64(0), nu, q_s)
+            out.append(ProgrammedTile(tile, seed, g_t, state.g, nu, q_s, t_prog=state.t_prog,
+                                      pulses=pulses, mvm_error=float(trace.mvm_error[-1])))
+            continue
         if programming.method == "verify":
             half = g_t.size // 2
             g_p, t_prog, pulses, converged, _ = network.program_verify(
@@ -469,7 +499,7 @@ def deploy(tiles: list[TileMap], hw: Hardware, device_seed: int,
            rows_calibration: list[np.ndarray]) -> list[ProgrammedTile]:
     """Program the tiles on the devices of ``device_seed`` and take the drift-compensation
     reference."""
-    chips = program(tiles, hw.stat, device_seed, hw.programming)
+    chips = program(tiles, hw.stat, device_seed, hw.programming, hw.periphery)
     calibrate(chips, hw, rows_calibration)
     return chips
 
@@ -599,6 +629,22 @@ def recovery_interval(float_acc, baseline_acc, remedy_acc, level: float = 0.95,
     return float(low), float(high)
 
 
+# What the trace keeps of each pulse-level programming, per method and device seed.
+_PROGRAMMING_RECORDS = {
+    "verify": (("pulses", "mean pulses per device (RESETs included)"),
+               ("converged", "share of pairs that ended within the verify tolerance")),
+    "gdp": (("pulses", "mean pulses per device (RESETs included)"),
+            ("mvm_error", "relative MVM error |y - y_target|/|y_target| seen through the "
+                          "periphery at GDP's last iteration, mean over tiles")),
+}
+
+
+def _programming_record(what: str, chips: list[ProgrammedTile]) -> float:
+    if what == "mvm_error":
+        return float(np.mean([c.mvm_error for c in chips]))
+    return float(np.mean(np.concatenate([getattr(c, what) for c in chips])))
+
+
 def _mapping_of(method: str) -> tuple[str, str]:
     """(mapping kind, DAC range rule) of a method."""
     if method in ("afp", "afp_hasgd"):
@@ -631,7 +677,7 @@ class InferenceRun:
                              "inference.times")
         periphery = per.periphery()
         programming = Programming(sec.programming, sec.verify.policy(periphery),
-                                  sc.device.pulse_model())
+                                  sc.device.pulse_model(), sec.gdp.policy())
         self.hw = Hardware(stat=stat, periphery=periphery, tile_rows=sec.tile_rows,
                            tile_cols=sec.tile_cols, t_calibrate=sec.t_calibrate,
                            programming=programming)
@@ -694,13 +740,11 @@ class InferenceRun:
                                  f"({list(sec.device_seeds)}) at each time after "
                                  f"programming, with global drift compensation; needs to "
                                  f"know: {NEEDS[method]}", n=len(sec.times))
-                if method != "float" and sec.programming == "verify":
-                    for what, desc in (("pulses", "mean pulses per device (RESETs included)"),
-                                       ("converged", "share of pairs that ended within the "
-                                                     "verify tolerance")):
+                if method != "float" and sec.programming != "statistical":
+                    for what, desc in _PROGRAMMING_RECORDS[sec.programming]:
                         w.declare_series(f"programming_{what}_{arch}_{method}", (n_seeds,),
                                          "f8", "1", f"{arch}, {method}: {desc} per device "
-                                         "seed, program-and-verify", n=1,
+                                         f"seed ({sec.programming} programming)", n=1,
                                          time_units="s", time_description="0: programming")
                 if method != "float":
                     w.declare_series(f"weight_error_{arch}_{method}", (n_seeds,), "f8", "1",
@@ -952,20 +996,19 @@ class InferenceRun:
                     progress(1)
             acc = np.empty((len(sec.times), len(sec.device_seeds)))
             err = np.empty_like(acc)
-            pulses, converged = np.empty(len(sec.device_seeds)), np.empty(len(sec.device_seeds))
+            records = {what: np.empty(len(sec.device_seeds))
+                       for what, _ in _PROGRAMMING_RECORDS.get(sec.programming, ())}
             for j, device_seed in enumerate(sec.device_seeds):
                 errors, chips = [], []
                 acc[:, j] = evaluate(net, tiles, hw, device_seed, sec.times, data.x_test,
                                      data.y_test, rows_cal, errors, chips)
                 err[:, j] = errors
-                if sec.programming == "verify":
-                    pulses[j] = np.mean(np.concatenate([c.pulses for c in chips]))
-                    converged[j] = np.mean(np.concatenate([c.converged for c in chips]))
+                for what, values in records.items():
+                    values[j] = _programming_record(what, chips)
                 if progress is not None:
                     progress(1)
-            if sec.programming == "verify":
-                w.append(f"programming_pulses_{arch}_{method}", 0.0, pulses)
-                w.append(f"programming_converged_{arch}_{method}", 0.0, converged)
+            for what, values in records.items():
+                w.append(f"programming_{what}_{arch}_{method}", 0.0, values)
             results[method] = acc
             weight_errors[method] = err
         for method in sec.methods:
