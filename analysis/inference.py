@@ -73,22 +73,25 @@ def summary_lines(trace: Trace) -> list[str]:
                 err = trace.series(name).data.mean(axis=1)
                 lines.append(f"    {r['method']:<20}" + "".join(f"{100 * e:>16.2f}"
                                                              for e in err))
+        columns = {"pulses": ("pulses per device", 1.0, ".2f"),
+                   "converged": ("% pairs within tolerance", 100.0, ".2f"),
+                   "mvm_error": ("% MVM error (GDP's last)", 100.0, ".2f"),
+                   "conductance": ("G programmed/target", 1.0, ".3f")}
         programmed = [(r["method"], {what: trace.series(f"programming_{what}_{arch}_"
                                                         f"{r['method']}").data
-                                     for what in ("pulses", "converged", "mvm_error")
+                                     for what in columns
                                      if f"programming_{what}_{arch}_{r['method']}"
                                      in trace.series_names()})
                       for r in mine]
         programmed = [(method, rec) for method, rec in programmed if rec]
         if programmed:
-            last = ("share of pairs (devices) within tolerance" if "converged"
-                    in programmed[0][1] else "relative MVM error at GDP's last iteration")
-            lines.append(f"    {programming} programming: mean pulses per device, {last} "
-                         "(mean over seeds):")
+            shown = list(programmed[0][1])
+            lines.append(f"    {programming} programming, mean over seeds:")
+            lines.append(f"    {'':<20}" + "".join(f"{columns[what][0]:>27}" for what in shown))
             for method, rec in programmed:
-                other = rec.get("converged", rec.get("mvm_error"))
-                lines.append(f"    {method:<20}{np.mean(rec['pulses']):>16.2f}"
-                             f"{100 * np.mean(other):>15.2f} %")
+                lines.append(f"    {method:<20}" + "".join(
+                    f"{columns[what][1] * np.mean(rec[what]):>27{columns[what][2]}}"
+                    for what in shown))
         by_method = {r["method"]: r for r in mine}
         accuracies = {r["method"]: trace.series(f"accuracy_{arch}_{r['method']}").data
                       for r in mine}

@@ -630,18 +630,28 @@ def recovery_interval(float_acc, baseline_acc, remedy_acc, level: float = 0.95,
 
 
 # What the trace keeps of each pulse-level programming, per method and device seed.
+_CONDUCTANCE_RECORD = ("conductance", "mean programmed device conductance over the mean "
+                       "target conductance (1: each pair holds just its target; above 1: "
+                       "conductance common to both devices of a pair, which drifts and reads "
+                       "noisily but carries no signal)")
 _PROGRAMMING_RECORDS = {
+    "statistical": (_CONDUCTANCE_RECORD,),
     "verify": (("pulses", "mean pulses per device (RESETs included)"),
-               ("converged", "share of pairs that ended within the verify tolerance")),
+               ("converged", "share of pairs that ended within the verify tolerance"),
+               _CONDUCTANCE_RECORD),
     "gdp": (("pulses", "mean pulses per device (RESETs included)"),
             ("mvm_error", "relative MVM error |y - y_target|/|y_target| seen through the "
-                          "periphery at GDP's last iteration, mean over tiles")),
+                          "periphery at GDP's last iteration, mean over tiles"),
+            _CONDUCTANCE_RECORD),
 }
 
 
 def _programming_record(what: str, chips: list[ProgrammedTile]) -> float:
     if what == "mvm_error":
         return float(np.mean([c.mvm_error for c in chips]))
+    if what == "conductance":
+        return float(np.mean(np.concatenate([c.g_prog for c in chips]))
+                     / np.mean(np.concatenate([c.g_target for c in chips])))
     return float(np.mean(np.concatenate([getattr(c, what) for c in chips])))
 
 
@@ -740,7 +750,7 @@ class InferenceRun:
                                  f"({list(sec.device_seeds)}) at each time after "
                                  f"programming, with global drift compensation; needs to "
                                  f"know: {NEEDS[method]}", n=len(sec.times))
-                if method != "float" and sec.programming != "statistical":
+                if method != "float":
                     for what, desc in _PROGRAMMING_RECORDS[sec.programming]:
                         w.declare_series(f"programming_{what}_{arch}_{method}", (n_seeds,),
                                          "f8", "1", f"{arch}, {method}: {desc} per device "
@@ -895,17 +905,21 @@ class InferenceRun:
         read_target = _READ_COUNTER0 + 1 + list(sec.times).index(sec.pto.t_target)
         acc = np.empty((len(sec.times), len(sec.device_seeds)))
         err = np.empty_like(acc)
+        records = {what: np.empty(len(sec.device_seeds))
+                   for what, _ in _PROGRAMMING_RECORDS[sec.programming]}
         for j, device_seed in enumerate(sec.device_seeds):
             chip = pto.chip_draws(tiles, device_seed, _READ_COUNTER0, read_target)
             result = pto.optimise(net, tiles, hw, data.x_test, data.y_test, rows_cal,
                                   settings, 0, draws=lambda counter, chip=chip: chip)
-            errors = []
+            errors, chips = [], []
             acc[:, j] = evaluate(net, result.tiles, hw, device_seed, sec.times, data.x_test,
-                                 data.y_test, rows_cal, errors)
+                                 data.y_test, rows_cal, errors, chips)
             err[:, j] = errors
+            for what, values in records.items():
+                values[j] = _programming_record(what, chips)
             if progress is not None:
                 progress(1)
-        return acc, err
+        return acc, err, records
 
     def _run_architecture(self, arch, progress):
         from imcsim.scenarios import pto
@@ -968,8 +982,10 @@ class InferenceRun:
                 tiles = with_ranges(tiles, [f[0] for f in fits],
                                     [t.input_range for t in tiles])
             if method == "pto_sgd_chip_oracle":
-                results[method], weight_errors[method] = self._chip_oracle(net, tiles,
-                                                                           rows_cal, progress)
+                results[method], weight_errors[method], records = self._chip_oracle(
+                    net, tiles, rows_cal, progress)
+                for what, values in records.items():
+                    w.append(f"programming_{what}_{arch}_{method}", 0.0, values)
                 continue
             if method in PTO_METHODS:
                 x_pto, y_pto = ((data.x_test, data.y_test) if method == "pto_sgd_oracle"
@@ -997,7 +1013,7 @@ class InferenceRun:
             acc = np.empty((len(sec.times), len(sec.device_seeds)))
             err = np.empty_like(acc)
             records = {what: np.empty(len(sec.device_seeds))
-                       for what, _ in _PROGRAMMING_RECORDS.get(sec.programming, ())}
+                       for what, _ in _PROGRAMMING_RECORDS[sec.programming]}
             for j, device_seed in enumerate(sec.device_seeds):
                 errors, chips = [], []
                 acc[:, j] = evaluate(net, tiles, hw, device_seed, sec.times, data.x_test,
