@@ -90,7 +90,10 @@ class Programming:
     each tile's physical columns toward their normalised targets so as to minimise the MVM
     error seen through the tile's own DAC range, ADC and wires. In both pulse-level methods
     the drift exponent and read-noise amplitude of each device are drawn at the conductance
-    it reached. Drift and read noise follow the statistical preset in every case.
+    it reached. Drift and read noise follow the statistical preset in every case. Under the
+    pulse-level methods the preset's programming-noise fit no longer describes the chip; the
+    methods that model the noise (noise injection, HA-SGD, PTO) still use it, and
+    ``[device.statistical] prog_coeff`` is where to tell them what the loop leaves instead.
     """
 
     method: str = "statistical"
