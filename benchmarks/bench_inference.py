@@ -18,7 +18,9 @@ one pass over the 450 test images (``--quick``: 100):
 * ``tiles, AFP``: the same with the analog floating-point mapping (twice the columns and ADC
   conversions);
 * ``program + calibrate``: statistical programming of every tile on one device seed and the
-  drift-compensation reference (once per seed and method in the study);
+  drift-compensation reference (once per seed and method in the study); the same pulse by
+  pulse with program-and-verify and with GDP (``programming = "verify"`` / ``"gdp"``, the
+  controllers' defaults);
 * ``PTO iteration``: one objective and gradient of PTO on the 256 calibration images
   (per-iteration device draws included).
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numba
@@ -90,6 +92,10 @@ def bench_architecture(b: Bench, arch: str, data, n_test: int, threads: int) -> 
         pto.objective(net, maps["fixed"], hw, x_cal, y_cal, rows_cal,
                       pto.draw_tiles(maps["fixed"], 7, 1), DAY)
 
+    def deploy_with(method):
+        pulsed = replace(hw, programming=inference.Programming(method))
+        return lambda _: inference.deploy(maps["fixed"], pulsed, 2, rows_cal)
+
     cases = [
         Case(run=numpy_forward, rows=[row("numpy", "numpy forward (float)", "np")]),
         Case(run=tiles_pass("fixed"), rows=[row("fixed_1t", "tiles, fixed, read at 1 d", "1")],
@@ -101,6 +107,12 @@ def bench_architecture(b: Bench, arch: str, data, n_test: int, threads: int) -> 
              threads=threads),
         Case(run=lambda _: inference.deploy(maps["fixed"], hw, 2, rows_cal),
              rows=[row("program", "program + calibrate (1 seed)", str(threads),
+                       work="all tiles")], threads=threads),
+        Case(run=deploy_with("verify"),
+             rows=[row("program_verify", "  ... by program-and-verify", str(threads),
+                       work="all tiles")], threads=threads),
+        Case(run=deploy_with("gdp"),
+             rows=[row("program_gdp", "  ... by GDP (60 iterations)", str(threads),
                        work="all tiles")], threads=threads),
         Case(run=pto_iteration,
              rows=[row("pto", "PTO iteration (256 images)", str(threads), work="obj + grad")],

@@ -595,7 +595,8 @@ def test_quick_benchmark_reports_every_row(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
     assert sorted(rows) == sorted(f"{a}_{k}" for a in ("mlp", "cnn") for k in (
-        "numpy", "fixed_1t", "fixed_nt", "afp_nt", "program", "pto"))
+        "numpy", "fixed_1t", "fixed_nt", "afp_nt", "program", "program_verify", "program_gdp",
+        "pto"))
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows.values())
     assert "time / numpy" in proc.stdout
 
