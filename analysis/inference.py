@@ -365,6 +365,10 @@ def figure(trace: Trace, out) -> None:
     for ax, arch in zip(axes[1], archs):
         if not _noise_panel(ax, trace, arch):
             ax.set_axis_off()
-    fig.suptitle(f"{Path(trace.path).name}: inference under PCM drift")
+    name = Path(trace.path).name + (f" [{trace.run}]" if trace.run else "")
+    programming = str(trace.attrs.get("inference_programming", "statistical"))
+    fig.suptitle(f"{name}: inference under PCM drift, {programming} programming"
+                 + ("" if programming == "statistical" else
+                    " (σ_i below: the statistical model's, as the methods assume)"))
     fig.savefig(Path(out), dpi=110)
     plt.close(fig)
