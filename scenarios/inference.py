@@ -367,7 +367,9 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
 
     Every method draws the drift exponents from the same standard normals (stream NU,
     counter 0, unused by the programming loops) and reads with the same counters, so for one
-    seed they differ only in how the devices were programmed (common random numbers)."""
+    seed they differ only in how the devices were programmed (common random numbers). GDP's
+    loop draws from ``network.PROGRAMMING_COUNTER0`` on, so no evaluation read repeats the
+    read noise of one of its iterations."""
     programming = programming or Programming()
     if programming.method == "gdp" and periphery is None:
         raise ValueError("GDP programming needs the chip's periphery")
@@ -388,8 +390,8 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
             trace = gdp_programming.program_gdp(
                 state, u, pulse=programming.pulse, stat=stat,
                 periphery=replace(periphery, input_range=tile.input_range), weight_scale=1.0,
-                policy=programming.gdp, seed=seed, counter0=0, t_start=0.0,
-                pulses_out=pulses)
+                policy=programming.gdp, seed=seed, counter0=network.PROGRAMMING_COUNTER0,
+                t_start=0.0, pulses_out=pulses)
             pcm.draw_drift_state(state.g, state.g, stat.g_max, stat.model_id,
                                  stat.drift_scale, np.uint64(seed), np.uint64(0), nu, q_s)
             out.append(ProgrammedTile(tile, seed, g_t, state.g, nu, q_s, t_prog=state.t_prog,

@@ -24,6 +24,10 @@ from imcsim.physics import crossbar, pcm, rng
 from imcsim.scenarios import digits, programming
 
 _TILE_STREAM_BASE = 1000  # device seeds of tiles: stream_key(device_seed, base + tile index)
+# Counters from here on belong to programming (GDP's in-loop reads use the READ stream at
+# counter0 + 1 + k): evaluation reads keep to small counters, so a deployed chip's read
+# noise never repeats the draws a programming loop already saw and responded to.
+PROGRAMMING_COUNTER0 = 1 << 40
 
 
 @dataclass
@@ -130,14 +134,16 @@ def program_tiles(specs, method: str, verify: pcm.VerifyPolicy,
                                           np.empty(2 * n), params)
             pulses = np.zeros(2 * n, dtype=np.int64)
             programming.program_gdp(state, block, pulse=pulse, stat=stat, periphery=periphery,
-                                    weight_scale=scale, policy=gdp, seed=seed, counter0=0,
-                                    t_start=0.0, pulses_out=pulses)
+                                    weight_scale=scale, policy=gdp, seed=seed,
+                                    counter0=PROGRAMMING_COUNTER0, t_start=0.0,
+                                    pulses_out=pulses)
         else:
             gp, gm = crossbar.weights_to_conductances(block, scale, stat.g_max)
             g, t_prog, pulses, _, params = program_verify(gp, gm, seed, verify, pulse)
             state = programming.TileState(g, t_prog, np.empty_like(g), np.empty_like(g), params)
             pcm.draw_drift_state(state.g, state.g, stat.g_max, stat.model_id, stat.drift_scale,
-                                 np.uint64(seed), np.uint64(1 << 40), state.nu, state.q_s)
+                                 np.uint64(seed), np.uint64(PROGRAMMING_COUNTER0), state.nu,
+                                 state.q_s)
         tiles.append(Tile(layer, r0, c0, block, scale, periphery, state, seed, pulses))
     return tiles
 
