@@ -541,6 +541,32 @@ def test_gdp_programmed_chip_reproduces_each_tiles_mvm(images):
         inference.program(tiles, hw.stat, 3, hw.programming)
 
 
+def test_evaluation_reads_never_repeat_a_programming_loops_draws(monkeypatch, images):
+    """GDP reads the devices (READ stream) at counters counter0 + 1 + k while it programs;
+    the harness reads the deployed chip at _READ_COUNTER0 + 1 + k. If the two ranges met, a
+    chip's read noise would repeat noise GDP had already responded to (and flattered it)."""
+    from imcsim.scenarios import programming
+
+    seen = []
+    real = programming.program_gdp
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["counter0"], kwargs["policy"].iterations))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(programming, "program_gdp", spy)
+    net = random_net("mlp")
+    hw = inference.Hardware(stat=NOISELESS, periphery=IDEAL, programming=inference.Programming(
+        "gdp", gdp=programming.GDPPolicy(iterations=20, batch=16)))
+    rows = inference.layer_rows(net, images)
+    inference.deploy(inference.map_network(net, hw, rows, "fixed"), hw, 3, rows)
+    assert seen
+    evaluation = range(inference._READ_COUNTER0, inference._READ_COUNTER0 + 1 + 10 ** 6)
+    for counter0, iterations in seen:
+        loop = range(counter0, counter0 + iterations + 2)
+        assert loop.start >= evaluation.stop or loop.stop <= evaluation.start
+
+
 PULSED_TINY = TINY.replace("[inference]\n", """[inference]
 architectures = ["mlp"]
 programming = "PROGRAMMING"
