@@ -377,44 +377,39 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
     for index, tile in enumerate(tiles):
         seed = network.tile_seed(device_seed, index)
         g_t = conductance_targets(tile, stat.g_max)
-        nu, q_s = np.empty_like(g_t), np.empty_like(g_t)
+        chip = ProgrammedTile(tile, seed, g_t, np.empty_like(g_t), np.empty_like(g_t),
+                              np.empty_like(g_t))
         if programming.method == "gdp":
             u = tile.targets()
-            n = u.size
             state = gdp_programming.TileState(
-                np.empty(2 * n), np.zeros(2 * n), np.empty(2 * n), np.empty(2 * n),
-                pcm.draw_device_params(seed, 2 * n, programming.pulse))
-            pulses = np.zeros(2 * n, dtype=np.int64)
+                chip.g_prog, np.zeros(g_t.size), np.empty(g_t.size), np.empty(g_t.size),
+                pcm.draw_device_params(seed, g_t.size, programming.pulse))
+            chip.pulses = np.zeros(g_t.size, dtype=np.int64)
             # Normalised targets at weight scale 1: the tile's G⁺ − G⁻ = u·g_max, its inputs
             # through the tile's own DAC range, as tile_output computes them.
             trace = gdp_programming.program_gdp(
                 state, u, pulse=programming.pulse, stat=stat,
                 periphery=replace(periphery, input_range=tile.input_range), weight_scale=1.0,
                 policy=programming.gdp, seed=seed, counter0=network.PROGRAMMING_COUNTER0,
-                t_start=0.0, pulses_out=pulses)
-            pcm.draw_drift_state(state.g, state.g, stat.g_max, stat.model_id,
-                                 stat.drift_scale, np.uint64(seed), np.uint64(0), nu, q_s)
-            out.append(ProgrammedTile(tile, seed, g_t, state.g, nu, q_s, t_prog=state.t_prog,
-                                      pulses=pulses, mvm_error=float(trace.mvm_error[-1])))
-            continue
-        if programming.method == "verify":
+                t_start=0.0, pulses_out=chip.pulses)
+            chip.t_prog, chip.mvm_error = state.t_prog, float(trace.mvm_error[-1])
+        elif programming.method == "verify":
             half = g_t.size // 2
-            g_p, t_prog, pulses, converged, _ = network.program_verify(
+            chip.g_prog, chip.t_prog, chip.pulses, chip.converged, _ = network.program_verify(
                 g_t[:half], g_t[half:], seed, programming.verify, programming.pulse)
-            pcm.draw_drift_state(g_p, g_p, stat.g_max, stat.model_id, stat.drift_scale,
-                                 np.uint64(seed), np.uint64(0), nu, q_s)
-            out.append(ProgrammedTile(tile, seed, g_t, g_p, nu, q_s, t_prog=t_prog,
-                                      pulses=pulses, converged=converged))
-            continue
-        g_p = np.empty_like(g_t)
-        pcm.program_statistical(g_t, g_p, stat.g_max, np.asarray(stat.prog_coeff),
-                                stat.prog_coeff_g_ref, stat.prog_noise_scale, np.uint64(seed),
-                                np.uint64(0))
-        # Q_s is fitted at the target for Joshi et al., at the programmed state for HERMES
-        g_for_qs = g_t if stat.model_id == pcm.MODEL_JOSHI else g_p
-        pcm.draw_drift_state(g_t, g_for_qs, stat.g_max, stat.model_id, stat.drift_scale,
-                             np.uint64(seed), np.uint64(0), nu, q_s)
-        out.append(ProgrammedTile(tile, seed, g_t, g_p, nu, q_s))
+        else:
+            pcm.program_statistical(g_t, chip.g_prog, stat.g_max, np.asarray(stat.prog_coeff),
+                                    stat.prog_coeff_g_ref, stat.prog_noise_scale,
+                                    np.uint64(seed), np.uint64(0))
+        if programming.method == "statistical":
+            # fitted at the target (Joshi: ν and Q_s; HERMES: ν, Q_s at the programmed state)
+            g_for_nu = g_t
+            g_for_qs = g_t if stat.model_id == pcm.MODEL_JOSHI else chip.g_prog
+        else:  # a pulse-programmed device knows only the state it reached
+            g_for_nu = g_for_qs = chip.g_prog
+        pcm.draw_drift_state(g_for_nu, g_for_qs, stat.g_max, stat.model_id, stat.drift_scale,
+                             np.uint64(seed), np.uint64(0), chip.nu, chip.q_s)
+        out.append(chip)
     return out
 
 
@@ -761,7 +756,6 @@ class InferenceRun:
                                          "f8", "1", f"{arch}, {method}: {desc} per device "
                                          f"seed ({sec.programming} programming)", n=1,
                                          time_units="s", time_description="0: programming")
-                if method != "float":
                     w.declare_series(f"weight_error_{arch}_{method}", (n_seeds,), "f8", "1",
                                      f"{arch}, {method}: |W_eff - W|/|W| over all layers per "
                                      "device seed, W_eff the drift-compensated weights the "
@@ -908,17 +902,27 @@ class InferenceRun:
         settings = replace_settings(sec.pto.settings(), draws_per_step=1, eval_draws=1,
                                     holdout_draws=0, loss="cross_entropy", parameters="both")
         read_target = _READ_COUNTER0 + 1 + list(sec.times).index(sec.pto.t_target)
+
+        def chip_tiles(device_seed):
+            chip = pto.chip_draws(tiles, device_seed, _READ_COUNTER0, read_target)
+            return pto.optimise(net, tiles, hw, data.x_test, data.y_test, rows_cal, settings,
+                                0, draws=lambda counter: chip).tiles
+
+        return self._evaluate_seeds(net, chip_tiles, rows_cal, progress)
+
+    def _evaluate_seeds(self, net, tiles_for, rows_cal, progress):
+        """(accuracy, weight error) of shape (times, seeds) and the programming records
+        (name -> per seed) of ``net`` on the chip of every device seed, deployed with the
+        tiles ``tiles_for(device_seed)``."""
+        sec, data = self.section, self.data
         acc = np.empty((len(sec.times), len(sec.device_seeds)))
         err = np.empty_like(acc)
         records = {what: np.empty(len(sec.device_seeds))
                    for what, _ in _PROGRAMMING_RECORDS[sec.programming]}
         for j, device_seed in enumerate(sec.device_seeds):
-            chip = pto.chip_draws(tiles, device_seed, _READ_COUNTER0, read_target)
-            result = pto.optimise(net, tiles, hw, data.x_test, data.y_test, rows_cal,
-                                  settings, 0, draws=lambda counter, chip=chip: chip)
             errors, chips = [], []
-            acc[:, j] = evaluate(net, result.tiles, hw, device_seed, sec.times, data.x_test,
-                                 data.y_test, rows_cal, errors, chips)
+            acc[:, j] = evaluate(net, tiles_for(device_seed), self.hw, device_seed, sec.times,
+                                 data.x_test, data.y_test, rows_cal, errors, chips)
             err[:, j] = errors
             for what, values in records.items():
                 values[j] = _programming_record(what, chips)
@@ -986,12 +990,6 @@ class InferenceRun:
                                            / sum(f[1].sum() for f in fits))))
                 tiles = with_ranges(tiles, [f[0] for f in fits],
                                     [t.input_range for t in tiles])
-            if method == "pto_sgd_chip_oracle":
-                results[method], weight_errors[method], records = self._chip_oracle(
-                    net, tiles, rows_cal, progress)
-                for what, values in records.items():
-                    w.append(f"programming_{what}_{arch}_{method}", 0.0, values)
-                continue
             if method in PTO_METHODS:
                 x_pto, y_pto = ((data.x_test, data.y_test) if method == "pto_sgd_oracle"
                                 else (x_cal, y_cal))
@@ -1015,19 +1013,11 @@ class InferenceRun:
                 tiles = result.tiles
                 if progress is not None:
                     progress(1)
-            acc = np.empty((len(sec.times), len(sec.device_seeds)))
-            err = np.empty_like(acc)
-            records = {what: np.empty(len(sec.device_seeds))
-                       for what, _ in _PROGRAMMING_RECORDS[sec.programming]}
-            for j, device_seed in enumerate(sec.device_seeds):
-                errors, chips = [], []
-                acc[:, j] = evaluate(net, tiles, hw, device_seed, sec.times, data.x_test,
-                                     data.y_test, rows_cal, errors, chips)
-                err[:, j] = errors
-                for what, values in records.items():
-                    values[j] = _programming_record(what, chips)
-                if progress is not None:
-                    progress(1)
+            if method == "pto_sgd_chip_oracle":
+                acc, err, records = self._chip_oracle(net, tiles, rows_cal, progress)
+            else:
+                acc, err, records = self._evaluate_seeds(
+                    net, lambda device_seed, tiles=tiles: tiles, rows_cal, progress)
             for what, values in records.items():
                 w.append(f"programming_{what}_{arch}_{method}", 0.0, values)
             results[method] = acc
