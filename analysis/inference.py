@@ -40,6 +40,28 @@ def _time_label(t: float) -> str:
     return f"{t:g} s"
 
 
+def characterisation_lines(trace: Trace) -> list[str]:
+    """What the programming characterisation measured and the noise model refitted to it
+    (``[inference] noise_model = "characterised"``), a row every fourth level; [] without."""
+    if "characterisation_sigma" not in trace.series_names():
+        return []
+    levels = trace.series("characterisation_levels").data[-1]
+    got = {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
+           for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset")}
+    chi2 = trace.metrics()["characterisation_chi2_dof"][0]
+    coeff = [float(c) * 1e6 for c in trace.attrs["characterisation_prog_coeff"]]
+    lines = ["  programming characterised on a tile of its own; the noise-aware methods assume "
+             "the refitted model",
+             f"    sigma_prog(g) = max(P(g/g_max), 0), P of degree {len(coeff) - 1}, "
+             f"chi^2/dof {chi2:.2f}",
+             f"    {'|u|':>6}{'measured σ (µS)':>20}{'fitted':>9}{'preset':>9}{'bias (µS)':>11}"]
+    for k in range(0, levels.size, 4):
+        lines.append(f"    {levels[k]:>6.3f}{got['sigma'][k]:>12.3f} ± {got['sigma_se'][k]:.3f}"
+                     f"{got['sigma_fitted'][k]:>9.3f}{got['sigma_preset'][k]:>9.3f}"
+                     f"{got['bias'][k]:>+11.3f}")
+    return lines
+
+
 def summary_lines(trace: Trace) -> list[str]:
     """The lines ``imcsim info`` prints: per architecture, the table method × drift time →
     accuracy (%) mean ± std over device seeds, PTO's recovery, and the needs-to-know list."""
@@ -57,6 +79,7 @@ def summary_lines(trace: Trace) -> list[str]:
                "gdp": "programmed pulse by pulse (gradient-descent programming)"}.get(
             programming, "programmed to its statistical programming noise")
         lines.insert(0, f"  PCM device model: {device}, {how}")
+    lines.extend(characterisation_lines(trace))
     for arch in _names(trace, "inference_architectures"):
         mine = [r for r in rows if r["architecture"] == arch]
         times = mine[0]["t"]
@@ -367,8 +390,10 @@ def figure(trace: Trace, out) -> None:
             ax.set_axis_off()
     name = Path(trace.path).name + (f" [{trace.run}]" if trace.run else "")
     programming = str(trace.attrs.get("inference_programming", "statistical"))
+    characterised = str(trace.attrs.get("inference_noise_model", "preset")) == "characterised"
     fig.suptitle(f"{name}: inference under PCM drift, {programming} programming"
-                 + ("" if programming == "statistical" else
+                 + (" (σ_i below: programming noise refitted to the chip's programming)"
+                    if characterised else "" if programming == "statistical" else
                     " (σ_i below: the statistical model's, as the methods assume)"))
     fig.savefig(Path(out), dpi=110)
     plt.close(fig)

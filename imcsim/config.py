@@ -738,7 +738,11 @@ class InferenceSection:
     DAC range of "sgd_percentile" (percentile of |input|); ``afp_gain``: γ of the analog
     floating-point mapping; ``pto``: the range optimiser. ``programming``: "statistical"
     (one step to the preset's fitted programming noise) or "verify" (pulse by pulse with the
-    [device.pulse] model under the ``verify`` program-and-verify controller)."""
+    [device.pulse] model under the ``verify`` program-and-verify controller) or "gdp"
+    (gradient-descent programming, ``gdp``). ``noise_model``: the programming noise that
+    noise injection, HA-SGD and PTO assume — "preset", the device model's fit, or
+    "characterised", refitted to a characterisation tile programmed by the chip's own
+    ``programming`` (scenarios.inference.characterise_programming)."""
 
     architectures: tuple[Literal["mlp", "cnn"], ...] = ("mlp", "cnn")
     hidden: tuple[int, ...] = (64,)
@@ -763,6 +767,7 @@ class InferenceSection:
     percentile: float = 99.9
     afp_gain: float = 4.0
     programming: Literal["statistical", "verify", "gdp"] = "statistical"
+    noise_model: Literal["preset", "characterised"] = "preset"
     verify: VerifySection = field(default_factory=lambda: VerifySection(differential=True))
     gdp: GDPSection = field(default_factory=GDPSection)
     pto: PTOSection = field(default_factory=PTOSection)

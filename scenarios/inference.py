@@ -413,6 +413,125 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
     return out
 
 
+NOISE_MODELS = ("preset", "characterised")
+CHARACTERISATION_LEVELS = 33  # ~2000 pairs a level on a 256 x 256 tile: σ to 1.6 %
+
+
+@dataclass(frozen=True)
+class ProgrammingFit:
+    """What :func:`characterise_programming` measured and fitted. Per level |u| (fraction of
+    g_max): ``sigma`` the standard deviation of the programmed weight error
+    e = G⁺ − G⁻ − u·g_max (S) over ``pairs_per_level`` pairs, ``sigma_se`` its standard
+    error (S), ``bias`` the mean of e in the weight's direction (S); ``sigma_fit`` and
+    ``sigma_preset`` what the fitted and the preset programming-noise models predict (S);
+    ``stat`` the preset with the fitted coefficients; ``chi2_dof`` χ²/(levels − coefficients)
+    of the fit in units of ``sigma_se`` (≈ 1 where the preset's polynomial form describes
+    the programming, ≫ 1 where it cannot)."""
+
+    levels: np.ndarray
+    sigma: np.ndarray
+    sigma_se: np.ndarray
+    bias: np.ndarray
+    sigma_fit: np.ndarray
+    sigma_preset: np.ndarray
+    stat: pcm.StatisticalModel
+    chi2_dof: float
+    pairs_per_level: int
+
+
+def _programming_sigma(g_target, stat: pcm.StatisticalModel) -> np.ndarray:
+    """σ of G⁺ − G⁻ (S) of pairs with G⁺ at ``g_target`` and G⁻ at 0 under the statistical
+    programming noise of ``stat`` alone (both devices rectified at 0, as programmed)."""
+    from imcsim.scenarios import robust_training as rt
+
+    noise = rt.NoiseModel(device=stat, t_inference=0.0, drift=False, read=False)
+    return rt.conductance_sigma(np.asarray(g_target, dtype=np.float64), noise)
+
+
+def characterise_programming(hw: Hardware, seed: int, levels: int = 33, max_degree: int = 8
+                             ) -> ProgrammingFit:
+    """Characterise the chip's programming and refit the preset's programming-noise model to
+    it, as Joshi et al. (2020) fitted σ_prog(g_T) to their own iterative programming.
+
+    A characterisation tile of ``hw.tile_rows × hw.tile_cols`` pairs on devices of their own
+    (``seed``; never a chip that is evaluated) gets targets u = ±|u|_k, the ``levels`` values
+    |u|_k evenly spaced on [0, 1] assigned in equal numbers at random, with random signs, and
+    is programmed by the chip's own method (``hw.programming``: statistical, program-and-
+    verify or GDP through a DAC range of 1). From the programmed conductances (the states the
+    devices reached, before any drift or read noise) the weight error of every pair is
+    e = G⁺ − G⁻ − u·g_max; per level its standard deviation σ_k and standard error
+    σ_k/sqrt(2(n − 1)).
+
+    The fit keeps the preset's functional form: σ_prog(g_T) = max(P(g_T/g_max), 0) with P a
+    polynomial (coefficients in S at g_ref = g_max), applied independently to both devices of
+    a pair and rectified at 0 as the statistical model programs them, so that the predicted
+    pair σ(|u|_k) = sqrt(Var(G⁺) + Var(G⁻)) is what noise injection, HA-SGD and PTO compute
+    (``robust_training.conductance_sigma``). For each degree from the preset's to
+    ``max_degree`` the coefficients minimise χ² = Σ_k ((σ(|u|_k) − σ_k)/se_k)²
+    (``scipy.optimize.least_squares``, started at the preset's and at a constant); the degree
+    with the least BIC, χ² + (degree + 1)·ln(levels), is kept. The preset's degree describes
+    its own programming (χ²/dof ≈ 1), but program-and-verify leaves a near-constant σ of
+    about tolerance/√3 above a step at |u| = 0 (both devices RESET), which a low-degree
+    polynomial cannot follow. Not modelled, and reported instead: the mean error ``bias``
+    (the statistical model's programming is unbiased but for its rectification at 0) and any
+    correlation between the two devices of a pair or between pairs (program-and-verify of the
+    difference, GDP). Drift
+    and read noise keep the preset's fits, which the pulse-level chip also follows."""
+    from scipy.optimize import least_squares
+
+    stat, g_max = hw.stat, hw.stat.g_max
+    if levels < len(stat.prog_coeff) + 2:
+        raise ValueError(f"characterisation needs at least {len(stat.prog_coeff) + 2} levels")
+    gen = np.random.default_rng(seed)
+    rows, cols = hw.tile_rows, hw.tile_cols
+    level_of = gen.permutation(np.arange(rows * cols) % levels).reshape(rows, cols)
+    magnitude = np.linspace(0.0, 1.0, levels)
+    sign = np.where(gen.random((rows, cols)) < 0.5, -1.0, 1.0)
+    u = sign * magnitude[level_of]
+    ones = np.ones(cols)
+    tile = TileMap(layer=0, row0=0, col0=0, n_cols=cols, weights=u, gain=ones, share=ones,
+                   column=np.arange(cols), scale=ones, input_range=1.0)
+    chip = program([tile], stat, seed, hw.programming, hw.periphery)[0]
+    half = chip.g_prog.size // 2
+    diff = (chip.g_prog[:half] - chip.g_prog[half:]).reshape(rows, cols)
+    error = diff - u * g_max
+    along = np.where(u < 0.0, -error, error)  # positive: |weight| programmed too large
+    n = rows * cols // levels  # every level holds n or n + 1 pairs
+    sigma = np.array([error[level_of == k].std(ddof=1) for k in range(levels)])
+    bias = np.array([along[level_of == k].mean() for k in range(levels)])
+    se = sigma / np.sqrt(2.0 * (n - 1))
+    # A level measured without scatter (noise-free programming) still counts, at the
+    # resolution of the conductances themselves.
+    se = np.maximum(se, 1e-12 * g_max)
+    g_levels = magnitude * g_max
+
+    def model(coeff_us):
+        return replace(stat, prog_coeff=tuple(float(c) * 1e-6 for c in coeff_us),
+                       prog_coeff_g_ref=g_max, prog_noise_scale=1.0)
+
+    def residuals(coeff_us):  # conditioned in µS, the units the fit reads
+        return (_programming_sigma(g_levels, model(coeff_us)) - sigma) / se
+
+    preset_us = (np.asarray(stat.prog_coeff) * (g_max / stat.prog_coeff_g_ref)
+                 * stat.prog_noise_scale * 1e6)
+    best = None
+    for degree in range(preset_us.size - 1, min(max_degree, levels - 2) + 1):
+        starts = (np.pad(preset_us, (0, degree + 1 - preset_us.size)),
+                  np.r_[np.median(sigma) * 1e6, np.zeros(degree)])
+        for start in starts:
+            fit = least_squares(residuals, start, method="lm")
+            chi2 = float(np.sum(fit.fun ** 2))
+            bic = chi2 + (degree + 1) * np.log(levels)
+            if best is None or bic < best[0]:
+                best = (bic, chi2, degree, fit.x)
+    _, chi2, degree, coeff_us = best
+    fitted = model(coeff_us)
+    return ProgrammingFit(levels=magnitude, sigma=sigma, sigma_se=se, bias=bias,
+                          sigma_fit=_programming_sigma(g_levels, fitted),
+                          sigma_preset=_programming_sigma(g_levels, stat), stat=fitted,
+                          chi2_dof=chi2 / (levels - degree - 1), pairs_per_level=n)
+
+
 def read(chip: ProgrammedTile, stat: pcm.StatisticalModel, t: float, counter: int
          ) -> tuple[np.ndarray, np.ndarray]:
     """(G⁺, G⁻), each (rows, P) in S, of one tile read at ``t`` with read-noise counter."""
@@ -567,6 +686,7 @@ TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_maxabs_tile": "sgd",
 # PTO on device draws of its own (never the evaluated chip's); the oracle on the test set
 PTO_METHODS = ("pto_sgd", "pto_noise", "pto_sgd_oracle")
 _STREAM_PTO = 70  # PTO's device draws: never the devices of an evaluated chip
+_STREAM_CHARACTERISE = 71  # the programming-characterisation tile: never an evaluated chip
 
 
 def recovery(float_acc, baseline_acc, remedy_acc) -> float:
@@ -693,6 +813,11 @@ class InferenceRun:
                            programming=programming)
         self.pto_seed = int(rng.stream_key(np.uint64(seed), np.uint64(_STREAM_PTO))
                             >> np.uint64(1))
+        self.characterisation_seed = int(rng.stream_key(
+            np.uint64(seed), np.uint64(_STREAM_CHARACTERISE)) >> np.uint64(1))
+        # What the noise-aware methods assume the chip to be (``model_hw``): the chip itself
+        # but for its programming noise under noise_model = "characterised" (set in run()).
+        self.model_hw = self.hw
         self.trainings = []
         for method in sec.methods:
             name = TRAINING_OF[method]
@@ -741,7 +866,30 @@ class InferenceRun:
                     inference_times=list(sec.times),
                     inference_trainings=self.trainings,
                     inference_pto_seed=self.pto_seed,
-                    inference_programming=sec.programming)
+                    inference_programming=sec.programming,
+                    inference_noise_model=sec.noise_model)
+        if sec.noise_model == "characterised":
+            levels = CHARACTERISATION_LEVELS
+            w.declare_series("characterisation_levels", (levels,), "f8", "1",
+                             "target |u| of each level of the programming characterisation "
+                             "tile, fraction of g_max", n=1, time_units="s",
+                             time_description="0: programming")
+            for what, desc in (
+                    ("sigma", "measured std of the programmed weight error G+ - G- - u*g_max"),
+                    ("sigma_se", "standard error of sigma"),
+                    ("bias", "measured mean weight error in the weight's direction"),
+                    ("sigma_fitted", "std predicted by the refitted programming-noise model "
+                                     "that noise injection, HA-SGD and PTO assume"),
+                    ("sigma_preset", "std predicted by the device preset's programming-noise "
+                                     "fit")):
+                w.declare_series(f"characterisation_{what}", (levels,), "f8", "S",
+                                 f"per level: {desc} ({sec.programming} programming, "
+                                 f"{sec.tile_rows} x {sec.tile_cols} pairs on devices of "
+                                 "their own)", n=1, time_units="s",
+                                 time_description="0: programming")
+            w.declare_metric("characterisation_chi2_dof", "1",
+                             "chi^2 per degree of freedom of the programming-noise fit "
+                             "(~1: the polynomial form describes the programming)")
         n_seeds = len(sec.device_seeds)
         for arch in sec.architectures:
             for method in sec.methods:
@@ -863,8 +1011,26 @@ class InferenceRun:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, user_api="blas"):
+            if self.section.noise_model == "characterised":
+                self._characterise()
             for arch in self.section.architectures:
                 self._run_architecture(arch, progress)
+
+    def _characterise(self):
+        """Refit the programming noise the noise-aware methods assume to the chip's own
+        programming (:func:`characterise_programming`) and record what was measured."""
+        fit = characterise_programming(self.hw, self.characterisation_seed,
+                                       levels=CHARACTERISATION_LEVELS)
+        self.model_hw = replace(self.hw, stat=fit.stat)
+        w = self.writer
+        w.append("characterisation_levels", 0.0, fit.levels)
+        for what in ("sigma", "sigma_se", "bias", "sigma_fit", "sigma_preset"):
+            name = "sigma_fitted" if what == "sigma_fit" else what
+            w.append(f"characterisation_{name}", 0.0, getattr(fit, what))
+        w.set_metric("characterisation_chi2_dof", fit.chi2_dof)
+        w.set_attrs(characterisation_prog_coeff=list(fit.stat.prog_coeff),
+                    characterisation_prog_coeff_g_ref=fit.stat.prog_coeff_g_ref,
+                    characterisation_seed=self.characterisation_seed)
 
     def _train(self, arch, name):
         from imcsim.scenarios import robust_training as rt
@@ -872,7 +1038,7 @@ class InferenceRun:
         sec = self.section
         net = rt.build_net(arch, self.features, self.classes, hidden=tuple(sec.hidden),
                            channels=sec.channels, seed=sec.train_seed)
-        noise = rt.NoiseModel(device=self.hw.stat, t_inference=sec.t_train)
+        noise = rt.NoiseModel(device=self.model_hw.stat, t_inference=sec.t_train)
         method = "hasgd" if name.startswith("hasgd") else name
         scale = "maxabs"
         if name == "hasgd_afp":
@@ -964,7 +1130,7 @@ class InferenceRun:
             kind, rule = _mapping_of(method)
             if (method not in ("sgd_mse_clip", "sgd_maxabs_tile")
                     and not method.startswith("pto")):
-                noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
+                noise = rt.NoiseModel(device=self.model_hw.stat, t_inference=sec.t_train)
                 sigma = np.concatenate([mapping_weight_sigma(wk, kind, noise, sec.afp_gain).ravel()
                                         for wk in net.weights])
                 w.append(f"weight_sigma_{arch}_{method}", sec.t_train, sigma)
@@ -983,7 +1149,7 @@ class InferenceRun:
                 tiles = with_ranges(tiles, tile_wide_scales(tiles),
                                     [t.input_range for t in tiles])
             if method == "sgd_mse_clip":
-                noise = rt.NoiseModel(device=hw.stat, t_inference=sec.t_train)
+                noise = rt.NoiseModel(device=self.model_hw.stat, t_inference=sec.t_train)
                 fits = [pto.mse_clip_scales(tile, noise) for tile in tiles]
                 w.set_metric(f"mse_clip_weight_error_ratio_{arch}",
                              float(np.sqrt(sum(f[2].sum() for f in fits)
@@ -993,7 +1159,7 @@ class InferenceRun:
             if method in PTO_METHODS:
                 x_pto, y_pto = ((data.x_test, data.y_test) if method == "pto_sgd_oracle"
                                 else (x_cal, y_cal))
-                result = pto.optimise(net, tiles, hw, x_pto, y_pto, rows_cal,
+                result = pto.optimise(net, tiles, self.model_hw, x_pto, y_pto, rows_cal,
                                       sec.pto.settings(), self.pto_seed)
                 for k, (start, end) in enumerate(zip(tiles, result.tiles)):
                     w.append(f"pto_{arch}_{method}_tile{k}_scale", 0.0, start.scale)

@@ -323,6 +323,7 @@ def test_one_and_two_threads_give_the_same_bytes(tiny_trace, tmp_path, read_data
     ('percentile = 0.0', "percentile"),
     ('calibration_source = "test"', "calibration_source"),
     ('programming = "pulsed"', "programming"),
+    ('noise_model = "measured"', "noise_model"),
     ('programming = "verify"\nmethods = ["float", "pto_sgd_chip_oracle"]', "methods"),
     ('verify = { tolerance = -1e-6 }', "verify.tolerance"),
 ])
@@ -597,6 +598,92 @@ def test_pulse_programmed_study_records_its_pulses_and_is_thread_independent(
     numba.set_num_threads(2 if numba.get_num_threads() == 1 else 1)
     again = run_scenario(parse_scenario(text), tmp_path / "again.h5")
     assert read_datasets(again) == read_datasets(first)
+
+
+@pytest.mark.parametrize("preset", ["joshi2020", "hermes2023"])
+def test_characterising_statistical_programming_recovers_the_preset(preset):
+    """Characterised on its own statistical programming, the chip gives back the preset's
+    programming noise: ~2000 pairs a level measure σ to 1/sqrt(2·2000) = 1.6 %, so the
+    refitted curve (which pools all 33 levels) stays within 3 % of the preset's, the fit's
+    χ²/dof is that of a right model (30 dof: below 1.6 with 99 % probability), and the mean
+    error is the rectification of the G⁻ = 0 device, −E[max(0, σ(0)·ξ)] = −σ(0)/sqrt(2π)."""
+    stat = pcm.STATISTICAL_PRESETS[preset]
+    fit = inference.characterise_programming(inference.Hardware(stat=stat), 11)
+    assert fit.pairs_per_level >= 1985 and fit.levels.size == 33
+    np.testing.assert_allclose(fit.sigma_fit, fit.sigma_preset, rtol=0.03)
+    assert fit.chi2_dof < 1.6
+    sigma_zero = pcm.programming_noise_std(0.0, stat.g_max, np.asarray(stat.prog_coeff),
+                                           stat.prog_coeff_g_ref)
+    rectification = -sigma_zero / np.sqrt(2.0 * np.pi)
+    assert np.mean(fit.bias[8:]) == pytest.approx(rectification, rel=0.15)
+    # what the noise-aware methods then assume is the preset's noise again
+    from imcsim.scenarios import robust_training as rt
+
+    g = np.linspace(0.0, stat.g_max, 50)
+    np.testing.assert_allclose(
+        rt.conductance_sigma(g, rt.NoiseModel(device=fit.stat, t_inference=86400.0)),
+        rt.conductance_sigma(g, rt.NoiseModel(device=stat, t_inference=86400.0)), rtol=0.03)
+
+
+def test_characterising_program_and_verify_measures_its_tolerance_band():
+    """Program-and-verify with a noiseless verify read leaves every converged pair within
+    ±tolerance, so the measured σ of every nonzero level is at most the tolerance and, the
+    last pulse landing anywhere in the band, near the uniform value tolerance/√3 (a level
+    with a pair that ran out of pulses reads higher: σ weighs outliers); target 0 (both
+    devices RESET) is far below. The refit follows the measurement, not the preset."""
+    policy = pcm.VerifyPolicy(read_noise=0.0, differential=True)
+    hw = inference.Hardware(tile_rows=128, tile_cols=128,
+                            programming=inference.Programming("verify", policy))
+    fit = inference.characterise_programming(hw, 5)
+    inner = fit.sigma[1:-3]  # the top levels approach saturation, where pairs may not converge
+    uniform = policy.tolerance / np.sqrt(3.0)
+    assert np.all(inner <= policy.tolerance)
+    assert np.median(inner) == pytest.approx(uniform, rel=0.05)
+    assert np.mean(np.abs(inner / uniform - 1.0) < 0.1) >= 0.85
+    assert fit.sigma[0] < 0.5 * inner.min()
+    assert np.all(fit.sigma_preset[4:] > 1.5 * fit.sigma[4:])  # |u| ≥ 1/8
+    close = np.abs(fit.sigma_fit - fit.sigma) <= 0.15 * fit.sigma
+    assert close.mean() >= 0.9
+    with pytest.raises(ValueError, match="levels"):
+        inference.characterise_programming(hw, 5, levels=4)
+
+
+CHARACTERISED_TINY = PULSED_TINY.replace("PROGRAMMING", "verify").replace(
+    'methods = ["float", "sgd_maxabs", "pto_sgd"]',
+    'methods = ["float", "sgd_maxabs", "noise", "pto_sgd"]\nnoise_model = "NOISE_MODEL"')
+
+
+def test_characterised_noise_model_changes_what_the_methods_assume_not_the_chip(
+        tmp_path, read_datasets, restore_threads):
+    """noise_model = "characterised" refits the programming noise the noise-aware methods
+    assume; the chip is the same chip: the SGD network on max-abs tiles reads the same
+    accuracies, byte for byte, while noise injection trains against the refitted σ (and so
+    yields another network). Same bytes with 1 and 2 threads."""
+    import numba
+
+    preset = run_scenario(parse_scenario(CHARACTERISED_TINY.replace("NOISE_MODEL", "preset")),
+                          tmp_path / "preset.h5")
+    text = CHARACTERISED_TINY.replace("NOISE_MODEL", "characterised")
+    fitted = run_scenario(parse_scenario(text), tmp_path / "fitted.h5")
+    with Trace(preset) as a, Trace(fitted) as b:
+        assert "characterisation_sigma" not in a.series_names()
+        assert b.attrs["inference_noise_model"] == "characterised"
+        assert np.array_equal(a.series("accuracy_mlp_sgd_maxabs").data,
+                              b.series("accuracy_mlp_sgd_maxabs").data)
+        assert not np.array_equal(a.series("trained_mlp_noise_w0").data,
+                                  b.series("trained_mlp_noise_w0").data)
+        # the σ_i the noise-trained network was trained against is the refitted model's
+        sigma_a = a.series("weight_sigma_mlp_sgd_maxabs").data[-1]
+        sigma_b = b.series("weight_sigma_mlp_sgd_maxabs").data[-1]
+        assert np.mean(sigma_b) < np.mean(sigma_a)
+        measured = b.series("characterisation_sigma").data[-1]
+        assert np.all(measured[1:-3] < b.series("characterisation_sigma_preset").data[-1][1:-3])
+        assert len(b.attrs["characterisation_prog_coeff"]) >= 3
+    result = CliRunner().invoke(main, ["info", str(fitted)])
+    assert result.exit_code == 0 and "refitted model" in result.output
+    numba.set_num_threads(2 if numba.get_num_threads() == 1 else 1)
+    again = run_scenario(parse_scenario(text), tmp_path / "again.h5")
+    assert read_datasets(again) == read_datasets(fitted)
 
 
 def test_hardware_adc_range_is_in_rows_of_full_scale_current():
