@@ -92,8 +92,9 @@ class Programming:
     the drift exponent and read-noise amplitude of each device are drawn at the conductance
     it reached. Drift and read noise follow the statistical preset in every case. Under the
     pulse-level methods the preset's programming-noise fit no longer describes the chip; the
-    methods that model the noise (noise injection, HA-SGD, PTO) still use it, and
-    ``[device.statistical] prog_coeff`` is where to tell them what the loop leaves instead.
+    methods that model the noise (noise injection, HA-SGD, PTO) still use it unless
+    ``[inference] noise_model = "characterised"`` refits it to the chip's own programming
+    (:func:`characterise_programming`).
     """
 
     method: str = "statistical"
