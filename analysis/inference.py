@@ -366,11 +366,34 @@ def pooled_figure(path, names: list[str], out) -> bool:
     return True
 
 
+def _characterisation_panel(ax, trace: Trace) -> None:
+    """Programming characterisation: measured σ of the weight error per target level (±2
+    standard errors), the refitted model the noise-aware methods assume, the preset's fit,
+    and the measured mean error."""
+    u = trace.series("characterisation_levels").data[-1]
+    got = {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
+           for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset")}
+    chi2 = trace.metrics()["characterisation_chi2_dof"][0]
+    ax.errorbar(u, got["sigma"], yerr=2.0 * got["sigma_se"], fmt="o", ms=3, color="black",
+                label="measured σ (± 2 s.e.)")
+    ax.plot(u, got["sigma_fitted"], "-", color="tab:blue",
+            label=f"refitted model (χ²/dof {chi2:.1f}), what the methods assume")
+    ax.plot(u, got["sigma_preset"], "--", color="tab:red", label="device preset's fit")
+    ax.plot(u, got["bias"], ":", color="0.4", label="measured mean error")
+    ax.axhline(0.0, color="0.8", lw=0.8)
+    ax.set_xlabel("target |u| = |G⁺ − G⁻| / g_max")
+    ax.set_ylabel("programmed weight error, G⁺ − G⁻ − u·g_max (µS)")
+    ax.set_title(f"programming characterisation "
+                 f"({trace.attrs.get('inference_programming', 'statistical')})")
+    ax.legend(fontsize=7)
+
+
 def figure(trace: Trace, out) -> None:
     """Top row: accuracy vs drift time (log axis), one line per method with its ±std band
     over device seeds, one panel per architecture. Bottom row, where the trace holds the
     trained weights: σ_i of the device model against the distribution of |w|/s, which is why
-    a method does or does not help."""
+    a method does or does not help. Third row, under noise_model = "characterised": the
+    programming characterisation and the refitted noise model."""
     from pathlib import Path
 
     import matplotlib
@@ -380,8 +403,14 @@ def figure(trace: Trace, out) -> None:
 
     rows = accuracy_table(trace)
     archs = _names(trace, "inference_architectures")
-    fig, axes = plt.subplots(2, len(archs), figsize=(6.5 * len(archs), 9.0),
+    characterised = "characterisation_sigma" in trace.series_names()
+    n_rows = 3 if characterised else 2
+    fig, axes = plt.subplots(n_rows, len(archs), figsize=(6.5 * len(archs), 4.5 * n_rows),
                              constrained_layout=True, squeeze=False)
+    if characterised:
+        _characterisation_panel(axes[2][0], trace)
+        for ax in axes[2][1:]:
+            ax.set_axis_off()
     for ax, arch in zip(axes[0], archs):
         _accuracy_panel(ax, [r for r in rows if r["architecture"] == arch],
                         f"{arch}: mean ± std over {len(rows[0]['seeds'])} device seeds")
@@ -390,7 +419,6 @@ def figure(trace: Trace, out) -> None:
             ax.set_axis_off()
     name = Path(trace.path).name + (f" [{trace.run}]" if trace.run else "")
     programming = str(trace.attrs.get("inference_programming", "statistical"))
-    characterised = str(trace.attrs.get("inference_noise_model", "preset")) == "characterised"
     fig.suptitle(f"{name}: inference under PCM drift, {programming} programming"
                  + (" (σ_i below: programming noise refitted to the chip's programming)"
                     if characterised else "" if programming == "statistical" else

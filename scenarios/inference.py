@@ -678,6 +678,20 @@ NEEDS = {
                            "assumed to repeat its programming error",
 }
 
+# Methods that assume the device noise model, and so its programming noise.
+_NOISE_AWARE = ("noise", "hasgd", "afp_hasgd", "pto_sgd", "pto_noise", "sgd_mse_clip",
+                "pto_sgd_oracle")
+
+
+def needs(method: str, noise_model: str = "preset") -> str:
+    """What ``method`` must know about the hardware (NEEDS), with where its programming noise
+    comes from under ``noise_model``."""
+    if noise_model == "characterised" and method in _NOISE_AWARE:
+        return (NEEDS[method] + "; its programming noise measured on a characterisation tile "
+                "programmed by the chip's own method")
+    return NEEDS[method]
+
+
 # The trained network each method starts from.
 TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_maxabs_tile": "sgd",
                "sgd_percentile": "sgd",
@@ -862,7 +876,8 @@ class InferenceRun:
         self.writer = w = writer
         w.set_attrs(inference_architectures=list(sec.architectures),
                     inference_methods=list(sec.methods),
-                    inference_needs=json.dumps({m: NEEDS[m] for m in sec.methods}),
+                    inference_needs=json.dumps({m: needs(m, sec.noise_model)
+                                                for m in sec.methods}),
                     inference_device_seeds=list(sec.device_seeds),
                     inference_times=list(sec.times),
                     inference_trainings=self.trainings,

@@ -681,6 +681,10 @@ def test_characterised_noise_model_changes_what_the_methods_assume_not_the_chip(
         assert len(b.attrs["characterisation_prog_coeff"]) >= 3
     result = CliRunner().invoke(main, ["info", str(fitted)])
     assert result.exit_code == 0 and "refitted model" in result.output
+    assert "measured on a characterisation tile" in result.output  # in what noise must know
+    figure = tmp_path / "fitted.png"
+    result = CliRunner().invoke(main, ["plot", str(fitted), "-o", str(figure)])
+    assert result.exit_code == 0 and figure.stat().st_size > 0
     numba.set_num_threads(2 if numba.get_num_threads() == 1 else 1)
     again = run_scenario(parse_scenario(text), tmp_path / "again.h5")
     assert read_datasets(again) == read_datasets(fitted)
