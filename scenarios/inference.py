@@ -415,7 +415,8 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
 
 
 NOISE_MODELS = ("preset", "characterised")
-CHARACTERISATION_LEVELS = 33  # ~2000 pairs a level on a 256 x 256 tile: σ to 1.6 %
+CHARACTERISATION_LEVELS = 33  # ~2000 pairs a level: σ to 1.6 %
+CHARACTERISATION_PAIRS = 65536  # one 256 x 256 tile, or as many smaller tiles as hold it
 
 
 @dataclass(frozen=True)
@@ -449,17 +450,20 @@ def _programming_sigma(g_target, stat: pcm.StatisticalModel) -> np.ndarray:
     return rt.conductance_sigma(np.asarray(g_target, dtype=np.float64), noise)
 
 
-def characterise_programming(hw: Hardware, seed: int, levels: int = 33, max_degree: int = 8
+def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISATION_LEVELS,
+                             max_degree: int = 8, pairs: int = CHARACTERISATION_PAIRS
                              ) -> ProgrammingFit:
     """Characterise the chip's programming and refit the preset's programming-noise model to
     it, as Joshi et al. (2020) fitted σ_prog(g_T) to their own iterative programming.
 
-    A characterisation tile of ``hw.tile_rows × hw.tile_cols`` pairs on devices of their own
-    (``seed``; never a chip that is evaluated) gets targets u = ±|u|_k, the ``levels`` values
-    |u|_k evenly spaced on [0, 1] assigned in equal numbers at random, with random signs, and
-    is programmed by the chip's own method (``hw.programming``: statistical, program-and-
-    verify or GDP through a DAC range of 1). From the programmed conductances (the states the
-    devices reached, before any drift or read noise) the weight error of every pair is
+    Characterisation tiles of the chip's ``hw.tile_rows × hw.tile_cols``, as many as hold at
+    least ``pairs`` pairs, on devices of their own (``seed``; never a chip that is evaluated)
+    get targets u = ±|u|_k, the ``levels`` values |u|_k evenly spaced on [0, 1] assigned in
+    equal numbers at random, with random signs, and are programmed by the chip's own method
+    (``hw.programming``: statistical, program-and-verify or GDP through a DAC range of 1,
+    tile k on the devices of ``network.tile_seed(seed, k)``). From the programmed
+    conductances (the states the devices reached, before any drift or read noise) the weight
+    error of every pair is
     e = G⁺ − G⁻ − u·g_max; per level its standard deviation σ_k and standard error
     σ_k/sqrt(2(n − 1)).
 
@@ -483,21 +487,27 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = 33, max_degr
     stat, g_max = hw.stat, hw.stat.g_max
     if levels < len(stat.prog_coeff) + 2:
         raise ValueError(f"characterisation needs at least {len(stat.prog_coeff) + 2} levels")
+    if pairs < 8 * levels:
+        raise ValueError(f"characterisation needs at least 8 pairs a level, got {pairs} pairs "
+                         f"for {levels} levels")
     gen = np.random.default_rng(seed)
     rows, cols = hw.tile_rows, hw.tile_cols
-    level_of = gen.permutation(np.arange(rows * cols) % levels).reshape(rows, cols)
+    n_tiles = -(-pairs // (rows * cols))  # as many of the chip's tiles as hold ``pairs``
+    level_of = gen.permutation(np.arange(n_tiles * rows * cols) % levels).reshape(
+        n_tiles, rows, cols)
     magnitude = np.linspace(0.0, 1.0, levels)
-    sign = np.where(gen.random((rows, cols)) < 0.5, -1.0, 1.0)
+    sign = np.where(gen.random(level_of.shape) < 0.5, -1.0, 1.0)
     u = sign * magnitude[level_of]
     ones = np.ones(cols)
-    tile = TileMap(layer=0, row0=0, col0=0, n_cols=cols, weights=u, gain=ones, share=ones,
-                   column=np.arange(cols), scale=ones, input_range=1.0)
-    chip = program([tile], stat, seed, hw.programming, hw.periphery)[0]
-    half = chip.g_prog.size // 2
-    diff = (chip.g_prog[:half] - chip.g_prog[half:]).reshape(rows, cols)
-    error = diff - u * g_max
+    tiles = [TileMap(layer=0, row0=0, col0=0, n_cols=cols, weights=u[k], gain=ones,
+                     share=ones, column=np.arange(cols), scale=ones, input_range=1.0)
+             for k in range(n_tiles)]
+    half = rows * cols
+    diff = np.stack([chip.g_prog[:half] - chip.g_prog[half:] for chip in
+                     program(tiles, stat, seed, hw.programming, hw.periphery)])
+    error = diff.reshape(u.shape) - u * g_max
     along = np.where(u < 0.0, -error, error)  # positive: |weight| programmed too large
-    n = rows * cols // levels  # every level holds n or n + 1 pairs
+    n = level_of.size // levels  # every level holds n or n + 1 pairs
     sigma = np.array([error[level_of == k].std(ddof=1) for k in range(levels)])
     bias = np.array([along[level_of == k].mean() for k in range(levels)])
     se = sigma / np.sqrt(2.0 * (n - 1))
@@ -899,9 +909,10 @@ class InferenceRun:
                     ("sigma_preset", "std predicted by the device preset's programming-noise "
                                      "fit")):
                 w.declare_series(f"characterisation_{what}", (levels,), "f8", "S",
-                                 f"per level: {desc} ({sec.programming} programming, "
-                                 f"{sec.tile_rows} x {sec.tile_cols} pairs on devices of "
-                                 "their own)", n=1, time_units="s",
+                                 f"per level: {desc} ({sec.programming} programming of "
+                                 f"{CHARACTERISATION_PAIRS} or more pairs in tiles of "
+                                 f"{sec.tile_rows} x {sec.tile_cols}, devices of their own)",
+                                 n=1, time_units="s",
                                  time_description="0: programming")
             w.declare_metric("characterisation_chi2_dof", "1",
                              "chi^2 per degree of freedom of the programming-noise fit "

@@ -646,6 +646,18 @@ def test_characterising_program_and_verify_measures_its_tolerance_band():
     assert close.mean() >= 0.9
     with pytest.raises(ValueError, match="levels"):
         inference.characterise_programming(hw, 5, levels=4)
+    with pytest.raises(ValueError, match="pairs a level"):
+        inference.characterise_programming(hw, 5, pairs=100)
+
+
+def test_characterisation_on_small_tiles_programs_as_many_as_hold_its_pairs():
+    """A chip of 20 x 8 tiles is characterised on ceil(4096/160) = 26 of them (tile seeds
+    0..25 of the characterisation seed), so every level still holds ~124 pairs."""
+    hw = inference.Hardware(tile_rows=20, tile_cols=8)
+    fit = inference.characterise_programming(hw, 3, pairs=4096)
+    assert fit.pairs_per_level == 26 * 160 // 33
+    assert np.all(np.isfinite(fit.sigma)) and np.all(fit.sigma > 0)
+    np.testing.assert_allclose(fit.sigma, fit.sigma_preset, rtol=4.0 / np.sqrt(2 * 125))
 
 
 CHARACTERISED_TINY = PULSED_TINY.replace("PROGRAMMING", "verify").replace(
