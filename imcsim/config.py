@@ -693,7 +693,9 @@ class PTOSection:
     all candidates) is kept, and ``holdout_draws`` further draws (0: none) estimate its gain
     without the selection's bias. ``loss``: "cross_entropy" (labels of the calibration set)
     or "logit_mse" (output error against the float network); ``parameters``: "both",
-    "columns" (column scales) or "dac" (DAC ranges only), for ablations."""
+    "columns" (column scales) or "dac" (DAC ranges only), for ablations; ``wires``: PTO's
+    tile model solves the resistive array of [periphery] r_wire_row / r_wire_col (false: it
+    optimises for an ideal array whatever the chip has)."""
 
     iterations: int = 150
     lr: float = 0.03
@@ -705,6 +707,7 @@ class PTOSection:
     check_every: int = 25
     loss: Literal["cross_entropy", "logit_mse"] = "cross_entropy"
     parameters: Literal["both", "columns", "dac"] = "both"
+    wires: bool = False
 
     def validate(self, where):
         for name in ("iterations", "lr", "t_target", "draws_per_step", "eval_draws",

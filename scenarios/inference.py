@@ -52,9 +52,10 @@ block sitting in the tile's corner next to the row drivers and the ADCs and the 
 and columns absent. Global drift compensation takes its reference on the resistive array at
 t_calibrate, so it does not undo the IR-drop loss itself (which shrinks as the conductances
 drift); it only rescales what changes after. The weight error (:func:`weight_error`) stays
-that of the devices alone. PTO's tile model (``scenarios.pto``) has no wires: with r_wire > 0
-it optimises against an ideal array and is evaluated on the resistive one — a model mismatch
-the study measures.
+that of the devices alone. PTO's tile model (``scenarios.pto``) has no wires unless
+``[inference.pto] wires = true``: by default, with r_wire > 0, it optimises against an ideal
+array and is evaluated on the resistive one — a model mismatch the study measures; with
+``wires`` its forward pass solves the same resistive array.
 """
 
 from __future__ import annotations
@@ -693,13 +694,18 @@ _NOISE_AWARE = ("noise", "hasgd", "afp_hasgd", "pto_sgd", "pto_noise", "sgd_mse_
                 "pto_sgd_oracle")
 
 
-def needs(method: str, noise_model: str = "preset") -> str:
+def needs(method: str, noise_model: str = "preset", pto_wires: bool = False) -> str:
     """What ``method`` must know about the hardware (NEEDS), with where its programming noise
-    comes from under ``noise_model``."""
+    comes from under ``noise_model`` and whether PTO models the wires."""
+    text = NEEDS[method]
+    if pto_wires and method.startswith("pto"):
+        text = text.replace("(and it assumes no wire resistance)",
+                            "and the wire resistance per cell pitch (its tile model solves the "
+                            "resistive array)")
     if noise_model == "characterised" and method in _NOISE_AWARE:
-        return (NEEDS[method] + "; its programming noise measured on a characterisation tile "
-                "programmed by the chip's own method")
-    return NEEDS[method]
+        text += ("; its programming noise measured on a characterisation tile programmed by "
+                 "the chip's own method")
+    return text
 
 
 # The trained network each method starts from.
@@ -886,7 +892,7 @@ class InferenceRun:
         self.writer = w = writer
         w.set_attrs(inference_architectures=list(sec.architectures),
                     inference_methods=list(sec.methods),
-                    inference_needs=json.dumps({m: needs(m, sec.noise_model)
+                    inference_needs=json.dumps({m: needs(m, sec.noise_model, sec.pto.wires)
                                                 for m in sec.methods}),
                     inference_device_seeds=list(sec.device_seeds),
                     inference_times=list(sec.times),

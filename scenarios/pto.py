@@ -54,6 +54,12 @@ Tile model (normalised units, as in :mod:`scenarios.inference`):
   branch in use (:func:`device_read`);
 * ADC: c_q = Q_A(clip(Σ_i x_q,i·(g⁺ − g⁻)_i/g_max, ±c_fs)) with the chip's fixed full scale
   c_fs = I_fs/(v_read·g_max), straight-through inside, zero gradient where it clips;
+* wires (``PTOSettings.wires`` with wire resistance in the periphery; otherwise the array is
+  ideal): the column currents c are those of the resistive array (``crossbar.column_currents``,
+  the harness's solver, on the conductances read g⁺, g⁻), and the gradient is the ideal
+  array's times each physical column's least-squares gain κ_p = Σ_b c·c_ideal / Σ_b c_ideal²
+  (straight-through: the IR drop as a fixed attenuation per column; not exact, and exact as
+  r → 0);
 * output y_j = α·r·Σ_{p→j} f_p·c_q,p with f_p = s_j·share_p/k_p; α is the tile's global
   drift compensation (reference at t_calibrate over the value at t_target, both on the float
   network's calibration rows, same device draws), re-estimated at every evaluation and held
@@ -61,17 +67,18 @@ Tile model (normalised units, as in :mod:`scenarios.inference`):
 
 What PTO must know about the hardware: DAC and ADC bits, the ADC full scale, the device
 statistical model (programming noise, drift and 1/f read noise against conductance), the
-deployment time, the tile partitioning — and a small labelled calibration set; not the
-individual devices of the chip it is deployed on.
+deployment time, the tile partitioning (with ``wires``, also the wire resistance per cell
+pitch) — and a small labelled calibration set; not the individual devices of the chip it is
+deployed on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from imcsim.physics import pcm, rng
+from imcsim.physics import crossbar, pcm, rng
 from imcsim.scenarios import network
 from imcsim.scenarios.inference import DEVICE_MODELS, Hardware, TileMap, with_ranges
 
@@ -240,8 +247,8 @@ def _quantise(x, bits: int):
 
 
 def _read_weights(tile: TileMap, scale, draws: TileDraws, t: float, read_xi, stat):
-    """Normalised read-out ũ = (g⁺ − g⁻)/g_max, its derivative in u, u and the mask of
-    unclipped weights."""
+    """Normalised read-out ũ = (g⁺ − g⁻)/g_max, its derivative in u, u, the mask of
+    unclipped weights, and the conductances read (flat [g⁺, g⁻], S)."""
     v = tile.weights * (tile.gain / scale[tile.column])
     u = np.clip(v, -1.0, 1.0)
     n = u.size
@@ -249,20 +256,35 @@ def _read_weights(tile: TileMap, scale, draws: TileDraws, t: float, read_xi, sta
     g, dg = device_read(g_t, draws.prog, draws.nu, read_xi, t, stat)
     u_read = ((g[:n] - g[n:]) / stat.g_max).reshape(u.shape)
     du = np.where(u >= 0, dg[:n].reshape(u.shape), dg[n:].reshape(u.shape))
-    return u_read, du, v, np.abs(v) < 1.0
+    return u_read, du, v, np.abs(v) < 1.0, g
 
 
-def _tile_forward(tile: TileMap, scale, r, rows, u_read, hw: Hardware):
+def _tile_forward(tile: TileMap, scale, r, rows, u_read, hw: Hardware, g=None):
+    """(a, x_q, c, c_q, out, gain): the tile's inputs, DAC outputs, normalised column
+    currents, ADC outputs, block outputs, and per physical column the least-squares gain of
+    the currents over the ideal x_q·ũ (1 without wires). With wire resistance in
+    ``hw.periphery`` and the conductances ``g`` (flat [g⁺, g⁻], S) the currents are those
+    of the resistive array (``crossbar.column_currents``, the solver the harness uses)."""
     a = rows[:, tile.row0:tile.row0 + tile.rows]
     x_q = _quantise(np.clip(a / r, -1.0, 1.0), hw.periphery.dac_bits)
     c = x_q @ u_read
+    gain = np.ones(u_read.shape[1])
+    if g is not None and hw.periphery.ir_drop:
+        n = u_read.size
+        g_max = hw.stat.g_max
+        ideal = c
+        c = crossbar.column_currents(g[:n].reshape(u_read.shape), g[n:].reshape(u_read.shape),
+                                     x_q, hw.periphery) / (hw.periphery.v_read * g_max)
+        power = np.sum(ideal * ideal, axis=0)
+        gain = np.where(power > 0, np.sum(c * ideal, axis=0) / np.where(power > 0, power, 1.0),
+                        1.0)
     c_fs = hw.adc_range
     c_q = _quantise(np.clip(c / c_fs, -1.0, 1.0), hw.periphery.adc_bits) * c_fs
-    return a, x_q, c, c_q, r * tile.combine(c_q, scale)
+    return a, x_q, c, c_q, r * tile.combine(c_q, scale), gain
 
 
-def _level(tile, scale, r, rows, u_read, hw) -> float:
-    return float(np.mean(np.abs(_tile_forward(tile, scale, r, rows, u_read, hw)[4])))
+def _level(tile, scale, r, rows, u_read, hw, g=None) -> float:
+    return float(np.mean(np.abs(_tile_forward(tile, scale, r, rows, u_read, hw, g)[4])))
 
 
 @dataclass
@@ -293,9 +315,9 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
         alphas = []
         for tile, s, r, d, rd in zip(tiles, scales, ranges, draws, reads):
             cal_rows = rows_calibration[tile.layer]
-            u_cal = _read_weights(tile, s, d, hw.t_calibrate, d.read_calibrate, stat)[0]
-            level = _level(tile, s, r, cal_rows, rd[0], hw)
-            reference = _level(tile, s, r, cal_rows, u_cal, hw)
+            cal = _read_weights(tile, s, d, hw.t_calibrate, d.read_calibrate, stat)
+            level = _level(tile, s, r, cal_rows, rd[0], hw, rd[4])
+            reference = _level(tile, s, r, cal_rows, cal[0], hw, cal[4])
             alphas.append(reference / level if level > 0 else 1.0)
     h = np.asarray(x, dtype=np.float64)
     saved, caches = [], []
@@ -305,11 +327,11 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
         for i, tile in enumerate(tiles):
             if tile.layer != k:
                 continue
-            a, x_q, c, c_q, out = _tile_forward(tile, scales[i], ranges[i], rows, reads[i][0],
-                                                hw)
+            a, x_q, c, c_q, out, gain = _tile_forward(tile, scales[i], ranges[i], rows,
+                                                      reads[i][0], hw, reads[i][4])
             out = alphas[i] * out
             z[:, tile.col0:tile.col0 + tile.n_cols] += out
-            saved.append((i, a, x_q, c, c_q, out))
+            saved.append((i, a, x_q, c, c_q, out, gain))
         h, cache = layer.post(z + b)
         caches.append(cache)
     n = h.shape[0]
@@ -335,9 +357,9 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
         by_layer.setdefault(tiles[entry[0]].layer, []).append(entry)
     for k in range(len(net.layers) - 1, -1, -1):
         d_rows = None
-        for i, a, x_q, c, c_q, out in by_layer.get(k, []):
+        for i, a, x_q, c, c_q, out, gain in by_layer.get(k, []):
             tile, s, r, alpha = tiles[i], scales[i], ranges[i], alphas[i]
-            u_read, du, v, inside_w = reads[i]
+            u_read, du, v, inside_w, _ = reads[i]
             gy = dz[:, tile.col0:tile.col0 + tile.n_cols]
             gy_p = gy[:, tile.column]
             g_range[i] += float(np.sum(gy * out)) / r
@@ -345,7 +367,9 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
             g_factor = alpha * r * np.sum(gy_p * c_q, axis=0)
             np.add.at(g_scale[i], tile.column, g_factor * share)
             factor = tile.factors(s)
-            g_c = alpha * r * gy_p * factor * (np.abs(c) < hw.adc_range)
+            # through the wires, ∂c/∂ũ and ∂c/∂x_q are those of the ideal array times the
+            # column's gain (straight-through: the IR drop as a fixed attenuation per column)
+            g_c = alpha * r * gy_p * factor * (np.abs(c) < hw.adc_range) * gain
             g_u = (x_q.T @ g_c) * du * inside_w
             np.add.at(g_scale[i], tile.column, np.sum(g_u * (-v / s[tile.column]), axis=0))
             g_x = g_c @ u_read.T
@@ -377,7 +401,8 @@ class PTOSettings:
     unbiased estimate of what the choice gained. ``t_target`` (s) the deployment time whose
     noise the objective uses; ``loss`` "cross_entropy" (labels) or "logit_mse" (output error
     against the float network); ``parameters`` "both", "columns" (column scales only) or
-    "dac" (DAC ranges only), for ablations.
+    "dac" (DAC ranges only), for ablations; ``wires``: the tile model solves the resistive
+    array of the hardware's wire resistance (False: an ideal array, whatever the chip has).
 
     Why these defaults (measured on the default study's CNN, `imcsim run
     scenarios/inference_robustness.toml`, trace metrics pto_cnn_pto_sgd_start_spread,
@@ -402,6 +427,7 @@ class PTOSettings:
     check_every: int = 25
     loss: str = "cross_entropy"
     parameters: str = "both"
+    wires: bool = False
 
 
 @dataclass
@@ -453,6 +479,8 @@ def optimise(net, tiles: list[TileMap], hw: Hardware, x_cal, y_cal, rows_calibra
     if settings.schedule not in SCHEDULES:
         raise ValueError(f"PTO schedule must be one of {SCHEDULES}, got "
                          f"{settings.schedule!r}")
+    if not settings.wires and hw.periphery.ir_drop:
+        hw = replace(hw, periphery=replace(hw.periphery, r_wire_row=0.0, r_wire_col=0.0))
     if draws is None:
         def draws(counter):
             return draw_tiles(tiles, seed, counter)

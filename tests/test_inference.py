@@ -333,6 +333,12 @@ def test_bad_inference_tables_are_input_errors(change, field):
         parse_scenario(text)
 
 
+def test_pto_wires_must_be_a_boolean():
+    text = TINY.replace("pto = { iterations = 3,", 'pto = { wires = "yes", iterations = 3,')
+    with pytest.raises(InputError, match=re.escape("inference.pto.wires:")):
+        parse_scenario(text)
+
+
 def test_unsupported_hardware_is_an_input_error_before_any_file(tmp_path):
     for text, field in ((TINY.replace("[run]", '[device]\nmodel = "ecram2030"\n[run]'),
                          "device.model"),

@@ -203,17 +203,21 @@ def test_bad_settings_are_rejected(batch):
                         dataclasses.replace(pcm.JOSHI_2020, kind="yet_another_pcm"))
 
 
+@pytest.mark.parametrize("r_wire", [0.0, 4.0])
 @pytest.mark.parametrize("preset", [pcm.JOSHI_2020, pcm.HERMES_2023], ids=lambda s: s.kind)
-def test_tile_model_with_the_chips_draws_is_the_harness(preset):
+def test_tile_model_with_the_chips_draws_is_the_harness(preset, r_wire):
     """With the normals of a programmed chip (pto.chip_draws at the harness's read counters)
     the tile model's cross-entropy equals that of the harness's logits (scenarios.inference
     evaluate path: DAC/ADC through crossbar.tile_mvm, global drift compensation against the
     reference read at t_calibrate): PTO optimises the objective the chips are scored on, on
-    either device preset."""
+    either device preset, and with wire resistance on the same resistive array."""
     net = small_net("cnn", 5)
     gen = np.random.default_rng(8)
     x, y = gen.uniform(0, 1, (48, 64)), gen.integers(0, 10, 48)
-    hw = inference.Hardware(stat=preset, tile_rows=40, tile_cols=8)
+    periphery = crossbar.Periphery(dac_bits=8, adc_bits=8, adc_full_scale=50e-6,
+                                   r_wire_row=r_wire, r_wire_col=r_wire,
+                                   ir_drop_solver="exact")
+    hw = inference.Hardware(stat=preset, periphery=periphery, tile_rows=40, tile_cols=8)
     rows = inference.layer_rows(net, x[:16])
     tiles = inference.map_network(net, hw, rows, "fixed")
     t, device_seed, counter = 86400.0, 7, inference._READ_COUNTER0 + 3
@@ -278,3 +282,87 @@ def test_holdout_estimates_the_gain_without_selection():
     assert [c[0] for c in moved.checkpoints] == [0, 2, 4]
     assert all(c[3] > 0 for c in moved.checkpoints[1:])
     assert np.isfinite(moved.holdout_best) and moved.holdout_sem > 0
+
+
+def _wired(hw, r_wire):
+    return dataclasses.replace(hw, periphery=dataclasses.replace(
+        hw.periphery, r_wire_row=r_wire, r_wire_col=r_wire, ir_drop_solver="exact"))
+
+
+def test_wire_aware_objective_approaches_the_ideal_one_and_its_gradient_points_downhill(batch):
+    """With wires the tile model's forward is the resistive array's, its gradient the ideal
+    array's scaled by each column's attenuation (straight-through; not exact). As r → 0 both
+    become the ideal model's. At 16 Ω per cell the approximate gradient still agrees in
+    direction with finite differences of the resistive objective (cosine > 0.95), closer than
+    the gradient of the wire-blind model."""
+    x, y = batch
+    net = small_net("mlp")
+    hw = inference.Hardware(periphery=crossbar.Periphery(dac_bits=0, adc_bits=0,
+                                                         adc_full_scale=2 * 0.2 * 25e-6),
+                            tile_rows=64, tile_cols=12)
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    tiles = inference.with_ranges(tiles, [t.scale * 0.83 for t in tiles],
+                                  [t.input_range * 0.71 for t in tiles])
+    draws = pto.draw_tiles(tiles, 5, 1)
+    ideal = pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0)
+    tiny = pto.objective(net, tiles, _wired(hw, 1e-9), x, y, rows, draws, 86400.0)
+    assert tiny.loss == pytest.approx(ideal.loss, rel=1e-6)
+    for a, b in zip([*tiny.grad_log_scale, np.array(tiny.grad_log_range)],
+                    [*ideal.grad_log_scale, np.array(ideal.grad_log_range)]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    wired = _wired(hw, 16.0)
+    obj = pto.objective(net, tiles, wired, x, y, rows, draws, 86400.0)
+    assert obj.loss != pytest.approx(ideal.loss, rel=1e-3)  # the wires matter here
+    log_s = [np.log(t.scale) for t in tiles]
+    log_r = [np.log(t.input_range) for t in tiles]
+
+    def value(ls, lr):
+        return pto.objective(net, tiles, wired, x, y, rows, draws, 86400.0,
+                             [np.exp(v) for v in ls], [float(np.exp(v)) for v in lr],
+                             alphas=obj.alphas, grad=False).loss
+
+    h = 1e-5
+    fd, approx, blind = [], [], []
+    for i in range(len(tiles)):
+        for j in range(log_s[i].size):
+            up = [v.copy() for v in log_s]
+            down = [v.copy() for v in log_s]
+            up[i][j] += h
+            down[i][j] -= h
+            fd.append((value(up, log_r) - value(down, log_r)) / (2 * h))
+            approx.append(obj.grad_log_scale[i][j])
+            blind.append(ideal.grad_log_scale[i][j])
+        up, down = list(log_r), list(log_r)
+        up[i] += h
+        down[i] -= h
+        fd.append((value(log_s, up) - value(log_s, down)) / (2 * h))
+        approx.append(obj.grad_log_range[i])
+        blind.append(ideal.grad_log_range[i])
+    fd, approx, blind = map(np.array, (fd, approx, blind))
+
+    def cosine(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cosine(fd, approx) > 0.95
+    assert cosine(fd, approx) > cosine(fd, blind)
+
+
+def test_pto_ignores_the_wires_unless_told(batch):
+    """settings.wires = False (the default) optimises for an ideal array whatever the chip:
+    the result on a resistive chip is the result without wires, byte for byte; with
+    wires = True it differs."""
+    x, y = batch
+    net = small_net("mlp")
+    hw = inference.Hardware(tile_rows=64, tile_cols=12)
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    settings = pto.PTOSettings(iterations=4, check_every=2, eval_draws=2, holdout_draws=0,
+                               draws_per_step=1)
+    runs = [pto.optimise(net, tiles, h, x, y, rows, st, 3) for h, st in (
+        (hw, settings), (_wired(hw, 16.0), settings),
+        (_wired(hw, 16.0), dataclasses.replace(settings, wires=True)))]
+    same = [np.concatenate([t.scale for t in r.tiles] + [[t.input_range for t in r.tiles]])
+            for r in runs]
+    assert np.array_equal(same[0], same[1]) and runs[0].loss_history == runs[1].loss_history
+    assert runs[2].loss_history != runs[0].loss_history
