@@ -810,7 +810,8 @@ def test_recovery_interval_covers_the_true_share_at_its_level():
                                   "inference_training_seeds_hermes.toml",
                                   "inference_ir_drop.toml",
                                   "inference_programming.toml",
-                                  "inference_characterised.toml"])
+                                  "inference_characterised.toml",
+                                  "inference_ir_drop_pto.toml"])
 def test_shipped_inference_scenarios_validate(name):
     from pathlib import Path
 
