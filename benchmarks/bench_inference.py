@@ -22,7 +22,9 @@ one pass over the 450 test images (``--quick``: 100):
   pulse with program-and-verify and with GDP (``programming = "verify"`` / ``"gdp"``, the
   controllers' defaults);
 * ``PTO iteration``: one objective and gradient of PTO on the 256 calibration images
-  (per-iteration device draws included).
+  (per-iteration device draws included); the same with ``[inference.pto] wires = true`` on
+  a 4 Ω-per-cell array (every tile's currents solved as the resistive network, relaxed
+  solver to 1e-6 of full scale, at the target and calibration reads).
 
 Ratios are time / the numpy forward's time, measured in the same process (``bench_pcm.Bench``:
 one untimed warm-up, best of ``--repeats`` interleaved rounds). Nothing asserts on wall time.
@@ -88,9 +90,12 @@ def bench_architecture(b: Bench, arch: str, data, n_test: int, threads: int) -> 
             inference.accuracy(inference.layer_forward(net, x, hook), y)
         return run
 
-    def pto_iteration(_):
-        pto.objective(net, maps["fixed"], hw, x_cal, y_cal, rows_cal,
+    def pto_iteration(_, model=hw):
+        pto.objective(net, maps["fixed"], model, x_cal, y_cal, rows_cal,
                       pto.draw_tiles(maps["fixed"], 7, 1), DAY)
+
+    wired = replace(hw, periphery=replace(hw.periphery, r_wire_row=4.0, r_wire_col=4.0,
+                                          ir_drop_solver="relaxed", ir_drop_tolerance=1e-6))
 
     def deploy_with(method):
         pulsed = replace(hw, programming=inference.Programming(method))
@@ -117,6 +122,9 @@ def bench_architecture(b: Bench, arch: str, data, n_test: int, threads: int) -> 
         Case(run=pto_iteration,
              rows=[row("pto", "PTO iteration (256 images)", str(threads), work="obj + grad")],
              threads=threads),
+        Case(run=lambda _: pto_iteration(_, wired),
+             rows=[row("pto_wires", "  ... told the wires (4 ohm)", str(threads),
+                       work="obj + grad")], threads=threads),
     ]
     b.run_group(f"inference {arch}", cases)
 

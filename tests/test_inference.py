@@ -731,7 +731,7 @@ def test_quick_benchmark_reports_every_row(tmp_path):
     rows = {r["id"]: r for r in json.loads(out.read_text())["rows"]}
     assert sorted(rows) == sorted(f"{a}_{k}" for a in ("mlp", "cnn") for k in (
         "numpy", "fixed_1t", "fixed_nt", "afp_nt", "program", "program_verify", "program_gdp",
-        "pto"))
+        "pto", "pto_wires"))
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in rows.values())
     assert "time / numpy" in proc.stdout
 
