@@ -263,6 +263,60 @@ def _comparison_lines(accuracies: dict, times, groups=None) -> tuple[list[str], 
     return paired, shares
 
 
+def run_comparison_lines(path, run_a: str, run_b: str) -> list[str]:
+    """Method by method, the paired difference of two inference runs of one study file,
+    B − A (points), chip by chip: device seed k of one run against device seed k of the
+    other (common random numbers: the same devices, drawn by the same seeds, under the two
+    runs' settings), mean ± std over seeds, standard error, and the 95 % bootstrap interval
+    of the mean (10,000 resamples of the seeds). For variants of one study — a setting of the
+    method, of the programming or of the hardware. The runs must be complete inference runs
+    with the same architectures, drift times and device seeds; methods in only one of them
+    are left out. Raises InputError (naming the run) otherwise."""
+    from imcsim.errors import InputError
+    from imcsim.scenarios.inference import bootstrap_picks
+
+    keys, accuracies = [], []
+    for name in (run_a, run_b):
+        with Trace(path, run=name) as tr:
+            if tr.attrs.get("scenario_kind") != "inference" or tr.status != "complete":
+                raise InputError(f"{path}: run {name!r} is not a complete inference study")
+            keys.append((tuple(_names(tr, "inference_architectures")),
+                         tuple(float(t) for t in tr.attrs["inference_times"]),
+                         tuple(int(d) for d in tr.attrs["inference_device_seeds"])))
+            accuracies.append({(a, m): tr.series(f"accuracy_{a}_{m}").data
+                               for a in keys[-1][0]
+                               for m in _names(tr, "inference_methods")})
+    if keys[0] != keys[1]:
+        raise InputError(f"{path}: runs {run_a!r} and {run_b!r} differ in architectures, "
+                         "drift times or device seeds; they cannot be paired chip by chip")
+    archs, times, seeds = keys[0]
+    picks = bootstrap_picks(len(seeds))
+    lines = [f"  {run_b} − {run_a}: test accuracy (points), paired by device seed "
+             f"{list(seeds)}; mean ± std (standard error) [95 % bootstrap interval]"]
+    for arch in archs:
+        lines.append(f"  {arch}:")
+        lines.append((f"    {'method':<20}" + "".join(f"{_time_label(t):>32}   "
+                                                      for t in times)).rstrip())
+        same = []
+        for (a, method), acc_a in accuracies[0].items():
+            if a != arch or (a, method) not in accuracies[1]:
+                continue
+            diff = 100.0 * (accuracies[1][(a, method)] - acc_a)
+            if not np.any(diff):
+                same.append(method)
+                continue
+            n = diff.shape[1]
+            spread = diff.std(axis=1, ddof=1) if n > 1 else np.zeros(len(times))
+            means = diff[:, picks].mean(axis=2)
+            low, high = np.percentile(means, [2.5, 97.5], axis=1)
+            lines.append(f"    {method:<20}" + "".join(
+                f"{m:>+8.2f} ± {sd:4.2f} ({sd / np.sqrt(n):4.2f}) [{lo:+5.2f}, {hi:+5.2f}]"
+                for m, sd, lo, hi in zip(diff.mean(axis=1), spread, low, high)))
+        if same:
+            lines.append(f"    identical in both runs, chip by chip: {', '.join(same)}")
+    return lines
+
+
 def _normalised_weights(trace: Trace, arch: str, training: str):
     """(|w|/s, s) of every weight of a trained network (s its column's max |w|, the max-abs
     scale), flattened as the weight_sigma_* series."""

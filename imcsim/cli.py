@@ -197,13 +197,29 @@ def _study_analysis(kind):
 @main.command()
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--run", default=None, help="run of a study file")
-def info(trace, run):
+@click.option("--compare", nargs=2, default=None, metavar="RUN_A RUN_B",
+              help="two inference runs of a study file: B − A, method by method, paired by "
+                   "device seed")
+def info(trace, run, compare):
     """Summarise a trace file: status, provenance, datasets with shapes and units, metrics.
     For a study file: the runs' status and metrics (one line per run; one per metric when
-    there are more than eight), or one run's details with --run. For a sweep folder:
-    runs complete, failed and pending."""
+    there are more than eight), or one run's details with --run; --compare A B gives the
+    paired difference of two inference runs. For a sweep folder: runs complete, failed and
+    pending."""
     from imcsim.store import open_trace
 
+    if compare:
+        from imcsim.analysis.inference import run_comparison_lines
+
+        _open(trace, compare[0]).close()  # one-line errors for a missing file or run
+        _open(trace, compare[1]).close()
+        try:
+            lines = run_comparison_lines(trace, *compare)
+        except InputError as exc:
+            _fail(str(exc))
+        for line in lines:
+            click.echo(line)
+        return
     if Path(trace).is_dir():
         _sweep_summary(Path(trace))
         return

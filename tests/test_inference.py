@@ -250,6 +250,33 @@ def test_study_over_training_seeds_is_pooled_by_info(tmp_path):
     assert png.stat().st_size > 10_000
 
 
+def test_info_compares_two_runs_chip_by_chip(tmp_path):
+    """`imcsim info FILE --compare A B`: B − A per method and time, device seed by device
+    seed. Two variants that differ only in the DAC bits share their networks and devices,
+    so float is identical in both and the SGD row's difference is the DAC's alone; runs with
+    other device seeds cannot be paired."""
+    text = (TINY.replace("[inference]\n", '[inference]\narchitectures = ["mlp"]\n'
+                         'methods = ["float", "sgd_maxabs"]\n')
+            .replace('architectures = ["mlp", "cnn"]\n', "")
+            + '[[variant]]\nname = "dac8"\n'
+            + '[[variant]]\nname = "dac4"\n"periphery.dac_bits" = 4\n'
+            + '[[variant]]\nname = "seeds"\n"inference.device_seeds" = [3, 4]\n')
+    out = run_scenario(parse_scenario(text), tmp_path / "variants.h5")
+    result = CliRunner().invoke(main, ["info", str(out), "--compare", "dac8", "dac4"])
+    assert result.exit_code == 0, result.output
+    assert "dac4 − dac8" in result.output and "identical in both runs, chip by chip: float" \
+        in result.output
+    with Trace(out, run="dac8") as a, Trace(out, run="dac4") as b:
+        diff = 100 * (b.series("accuracy_mlp_sgd_maxabs").data
+                      - a.series("accuracy_mlp_sgd_maxabs").data)
+    row = next(line for line in result.output.splitlines() if "sgd_maxabs" in line)
+    assert row.split()[1] == f"{diff[0].mean():+.2f}"
+    result = CliRunner().invoke(main, ["info", str(out), "--compare", "dac8", "seeds"])
+    assert result.exit_code == 2 and "device seeds" in result.output
+    result = CliRunner().invoke(main, ["info", str(out), "--compare", "dac8", "absent"])
+    assert result.exit_code == 2 and "absent" in result.output
+
+
 def test_bootstrap_picks_draw_whole_groups_then_chips_within_them():
     groups = np.repeat([7, 3, 9], 4)
     picks = inference.bootstrap_picks(12, groups, resamples=500, seed=1)
