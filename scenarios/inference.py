@@ -699,8 +699,8 @@ def needs(method: str, noise_model: str = "preset", pto_wires: bool = False) -> 
     comes from under ``noise_model`` and whether PTO models the wires."""
     text = NEEDS[method]
     if pto_wires and method.startswith("pto"):
-        text = text.replace("(and it assumes no wire resistance)",
-                            "and the wire resistance per cell pitch (its tile model solves the "
+        text = text.replace(" (and it assumes no wire resistance)",
+                            "; the wire resistance per cell pitch (its tile model solves the "
                             "resistive array)")
     if noise_model == "characterised" and method in _NOISE_AWARE:
         text += ("; its programming noise measured on a characterisation tile programmed by "

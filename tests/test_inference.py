@@ -360,6 +360,18 @@ def test_bad_inference_tables_are_input_errors(change, field):
         parse_scenario(text)
 
 
+def test_needs_to_know_follows_the_noise_model_and_the_wires():
+    """What a method must know changes with what it is told: PTO told the wires needs the
+    wire resistance (and no longer claims to assume none); a noise-aware method under the
+    characterised noise model needs the characterisation; a method that models no noise
+    needs neither."""
+    told = inference.needs("pto_sgd", "preset", pto_wires=True)
+    assert "wire resistance per cell pitch" in told and "assumes no wire" not in told
+    assert "assumes no wire resistance" in inference.needs("pto_sgd")
+    assert "characterisation tile" in inference.needs("noise", "characterised")
+    assert inference.needs("sgd_maxabs", "characterised", True) == inference.NEEDS["sgd_maxabs"]
+
+
 def test_pto_wires_must_be_a_boolean():
     text = TINY.replace("pto = { iterations = 3,", 'pto = { wires = "yes", iterations = 3,')
     with pytest.raises(InputError, match=re.escape("inference.pto.wires:")):
