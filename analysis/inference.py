@@ -40,14 +40,20 @@ def _time_label(t: float) -> str:
     return f"{t:g} s"
 
 
+def _characterisation_us(trace: Trace) -> dict:
+    """The programming characterisation's per-level σ, its standard error, the mean error,
+    and the refitted and preset σ, in µS."""
+    return {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
+            for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset")}
+
+
 def characterisation_lines(trace: Trace) -> list[str]:
     """What the programming characterisation measured and the noise model refitted to it
     (``[inference] noise_model = "characterised"``), a row every fourth level; [] without."""
     if "characterisation_sigma" not in trace.series_names():
         return []
     levels = trace.series("characterisation_levels").data[-1]
-    got = {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
-           for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset")}
+    got = _characterisation_us(trace)
     chi2 = trace.metrics()["characterisation_chi2_dof"][0]
     coeff = [float(c) * 1e6 for c in trace.attrs["characterisation_prog_coeff"]]
     lines = ["  programming characterised on a tile of its own; the noise-aware methods assume "
@@ -425,8 +431,7 @@ def _characterisation_panel(ax, trace: Trace) -> None:
     standard errors), the refitted model the noise-aware methods assume, the preset's fit,
     and the measured mean error."""
     u = trace.series("characterisation_levels").data[-1]
-    got = {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
-           for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset")}
+    got = _characterisation_us(trace)
     chi2 = trace.metrics()["characterisation_chi2_dof"][0]
     ax.errorbar(u, got["sigma"], yerr=2.0 * got["sigma_se"], fmt="o", ms=3, color="black",
                 label="measured σ (± 2 s.e.)")

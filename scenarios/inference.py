@@ -425,7 +425,7 @@ class ProgrammingFit:
     """What :func:`characterise_programming` measured and fitted. Per level |u| (fraction of
     g_max): ``sigma`` the standard deviation of the programmed weight error
     e = G⁺ − G⁻ − u·g_max (S) over ``pairs_per_level`` pairs, ``sigma_se`` its standard
-    error (S), ``bias`` the mean of e in the weight's direction (S); ``sigma_fit`` and
+    error (S), ``bias`` the mean of e in the weight's direction (S); ``sigma_fitted`` and
     ``sigma_preset`` what the fitted and the preset programming-noise models predict (S);
     ``stat`` the preset with the fitted coefficients; ``chi2_dof`` χ²/(levels − coefficients)
     of the fit in units of ``sigma_se`` (≈ 1 where the preset's polynomial form describes
@@ -435,7 +435,7 @@ class ProgrammingFit:
     sigma: np.ndarray
     sigma_se: np.ndarray
     bias: np.ndarray
-    sigma_fit: np.ndarray
+    sigma_fitted: np.ndarray
     sigma_preset: np.ndarray
     stat: pcm.StatisticalModel
     chi2_dof: float
@@ -539,7 +539,7 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     _, chi2, degree, coeff_us = best
     fitted = model(coeff_us)
     return ProgrammingFit(levels=magnitude, sigma=sigma, sigma_se=se, bias=bias,
-                          sigma_fit=_programming_sigma(g_levels, fitted),
+                          sigma_fitted=_programming_sigma(g_levels, fitted),
                           sigma_preset=_programming_sigma(g_levels, stat), stat=fitted,
                           chi2_dof=chi2 / (levels - degree - 1), pairs_per_level=n)
 
@@ -1057,9 +1057,8 @@ class InferenceRun:
         self.model_hw = replace(self.hw, stat=fit.stat)
         w = self.writer
         w.append("characterisation_levels", 0.0, fit.levels)
-        for what in ("sigma", "sigma_se", "bias", "sigma_fit", "sigma_preset"):
-            name = "sigma_fitted" if what == "sigma_fit" else what
-            w.append(f"characterisation_{name}", 0.0, getattr(fit, what))
+        for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset"):
+            w.append(f"characterisation_{what}", 0.0, getattr(fit, what))
         w.set_metric("characterisation_chi2_dof", fit.chi2_dof)
         w.set_attrs(characterisation_prog_coeff=list(fit.stat.prog_coeff),
                     characterisation_prog_coeff_g_ref=fit.stat.prog_coeff_g_ref,

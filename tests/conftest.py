@@ -243,3 +243,20 @@ def quick_benchmark(tmp_path):
         return result, proc.stdout
 
     return run
+
+
+@pytest.fixture
+def gdp_loops(monkeypatch):
+    """Record (counter0, iterations) of every gradient-descent programming loop run while
+    the test runs: where its in-loop READ draws sit on the counter axis."""
+    from imcsim.scenarios import programming
+
+    seen = []
+    real = programming.program_gdp
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["counter0"], kwargs["policy"].iterations))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(programming, "program_gdp", spy)
+    return seen

@@ -587,20 +587,13 @@ def test_gdp_programmed_chip_reproduces_each_tiles_mvm(images):
         inference.program(tiles, hw.stat, 3, hw.programming)
 
 
-def test_evaluation_reads_never_repeat_a_programming_loops_draws(monkeypatch, images):
+def test_evaluation_reads_never_repeat_a_programming_loops_draws(gdp_loops, images):
     """GDP reads the devices (READ stream) at counters counter0 + 1 + k while it programs;
     the harness reads the deployed chip at _READ_COUNTER0 + 1 + k. If the two ranges met, a
     chip's read noise would repeat noise GDP had already responded to (and flattered it)."""
     from imcsim.scenarios import programming
 
-    seen = []
-    real = programming.program_gdp
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs["counter0"], kwargs["policy"].iterations))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(programming, "program_gdp", spy)
+    seen = gdp_loops
     net = random_net("mlp")
     hw = inference.Hardware(stat=NOISELESS, periphery=IDEAL, programming=inference.Programming(
         "gdp", gdp=programming.GDPPolicy(iterations=20, batch=16)))
@@ -655,7 +648,7 @@ def test_characterising_statistical_programming_recovers_the_preset(preset):
     stat = pcm.STATISTICAL_PRESETS[preset]
     fit = inference.characterise_programming(inference.Hardware(stat=stat), 11)
     assert fit.pairs_per_level >= 1985 and fit.levels.size == 33
-    np.testing.assert_allclose(fit.sigma_fit, fit.sigma_preset, rtol=0.03)
+    np.testing.assert_allclose(fit.sigma_fitted, fit.sigma_preset, rtol=0.03)
     assert fit.chi2_dof < 1.6
     sigma_zero = pcm.programming_noise_std(0.0, stat.g_max, np.asarray(stat.prog_coeff),
                                            stat.prog_coeff_g_ref)
@@ -687,7 +680,7 @@ def test_characterising_program_and_verify_measures_its_tolerance_band():
     assert np.mean(np.abs(inner / uniform - 1.0) < 0.1) >= 0.85
     assert fit.sigma[0] < 0.5 * inner.min()
     assert np.all(fit.sigma_preset[4:] > 1.5 * fit.sigma[4:])  # |u| ≥ 1/8
-    close = np.abs(fit.sigma_fit - fit.sigma) <= 0.15 * fit.sigma
+    close = np.abs(fit.sigma_fitted - fit.sigma) <= 0.15 * fit.sigma
     assert close.mean() >= 0.9
     with pytest.raises(ValueError, match="levels"):
         inference.characterise_programming(hw, 5, levels=4)

@@ -108,18 +108,11 @@ def test_same_scenario_same_accuracies(net_trace, tmp_path, read_datasets):
     assert read_datasets(again) == read_datasets(net_trace)
 
 
-def test_gdp_loop_draws_stay_clear_of_the_evaluation_reads(monkeypatch):
+def test_gdp_loop_draws_stay_clear_of_the_evaluation_reads(gdp_loops):
     """The check reads deployed tiles at counters 1 (calibration) and 10 + k (times); GDP's
     in-loop reads use counter0 + 1 + k of the same READ stream, so its counter0 must sit
     above every evaluation counter or a chip's read noise repeats GDP's own."""
-    seen = []
-    real = programming.program_gdp
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs["counter0"], kwargs["policy"].iterations))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(programming, "program_gdp", spy)
+    seen = gdp_loops
     w = np.random.default_rng(2).standard_normal((12, 6))
     periphery = crossbar.Periphery(dac_bits=8, adc_bits=8, adc_full_scale=50e-6)
     specs = [(0, 0, 0, w, float(np.abs(w).max()), periphery)]
