@@ -175,6 +175,39 @@ def column_currents(g_plus, g_minus, x_q, periphery: Periphery):
     return lines[:, 0::2] - lines[:, 1::2]
 
 
+def column_currents_vjp(g_plus, g_minus, x_q, periphery: Periphery, grad_current):
+    """:func:`column_currents` and its vector-Jacobian products, exact with or without wires.
+
+    ``grad_current`` (batch, cols) is ∂L/∂(I⁺ − I⁻) in 1/A. Returns ``(current, grad_g_plus,
+    grad_g_minus, grad_x_q)``: the differential currents (A), Σ_batch ∂L/∂G± (rows, cols) in
+    1/S and ∂L/∂x_q (batch, rows). Without wire resistance these are the products of the
+    ideal array; with it, the resistive array's through its adjoint (the reciprocal read of
+    :func:`.irdrop.column_currents_vjp`, solved by the periphery's solver).
+    """
+    grad_current = np.asarray(grad_current, dtype=float)
+    volts = periphery.v_read * x_q
+    if not periphery.ir_drop:
+        current = np.empty((x_q.shape[0], g_plus.shape[1]))
+        mvm_differential(g_plus, g_minus, volts, 1.0, current)
+        grad_g = volts.T @ grad_current
+        grad_x = periphery.v_read * (grad_current @ (g_plus - g_minus).T)
+        return current, grad_g, -grad_g, grad_x
+    from imcsim.physics import irdrop
+
+    rows, cols = g_plus.shape
+    g_lines = np.empty((rows, 2 * cols))
+    g_lines[:, 0::2] = g_plus
+    g_lines[:, 1::2] = g_minus
+    grad_lines = np.empty((x_q.shape[0], 2 * cols))
+    grad_lines[:, 0::2] = grad_current
+    grad_lines[:, 1::2] = -grad_current
+    lines, grad_g, grad_v = irdrop.column_currents_vjp(
+        g_lines, volts, grad_lines, periphery.r_wire_row, periphery.r_wire_col,
+        solver=periphery.ir_drop_solver, tol=periphery.ir_drop_tolerance)
+    return (lines[:, 0::2] - lines[:, 1::2], grad_g[:, 0::2], grad_g[:, 1::2],
+            periphery.v_read * grad_v)
+
+
 def tile_mvm(g_plus, g_minus, x, periphery: Periphery, weight_scale: float, g_max: float):
     """Outputs of a differential tile for inputs ``x`` (batch, rows), in weight units.
 

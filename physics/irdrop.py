@@ -275,6 +275,22 @@ def _column_sweep(g, r_col, w_col, a, b):
             b[i, j] += w_col[i, j] * b[i + 1, j]
 
 
+@njit(cache=True)
+def _relax_entry(g, v, r_row, r_col, w_row, w_col, sweeps, a, b):
+    """One input v (rows,): a, b ← node voltages after ``sweeps`` line Gauss–Seidel sweeps
+    from the ideal start (a = v along each row, b = 0)."""
+    rows, cols = g.shape
+    for i in range(rows):
+        for j in range(cols):
+            a[i, j] = v[i]
+            b[i, j] = 0.0
+    for _ in range(sweeps):
+        if r_row > 0.0:
+            _row_sweep(g, v, r_row, w_row, a, b)
+        if r_col > 0.0:
+            _column_sweep(g, r_col, w_col, a, b)
+
+
 @njit(cache=True, parallel=True)
 def _relax(g, v, r_row, r_col, w_row, w_col, sweeps, out):
     """``sweeps`` line Gauss–Seidel sweeps per batch entry, then out[n, j] = Σ_i g(a − b).
@@ -285,21 +301,21 @@ def _relax(g, v, r_row, r_col, w_row, w_col, sweeps, out):
     rows, cols = g.shape
     for n in prange(v.shape[0]):
         a = np.empty((rows, cols))
-        b = np.zeros((rows, cols))
-        for i in range(rows):
-            for j in range(cols):
-                a[i, j] = v[n, i]
-        for _ in range(sweeps):
-            if r_row > 0.0:
-                _row_sweep(g, v[n], r_row, w_row, a, b)
-            if r_col > 0.0:
-                _column_sweep(g, r_col, w_col, a, b)
+        b = np.empty((rows, cols))
+        _relax_entry(g, v[n], r_row, r_col, w_row, w_col, sweeps, a, b)
         acc = np.zeros(cols)
         for i in range(rows):
             for j in range(cols):
                 acc[j] += g[i, j] * (a[i, j] - b[i, j])
         for j in range(cols):
             out[n, j] = acc[j]
+
+
+@njit(cache=True, parallel=True)
+def _relax_nodes(g, v, r_row, r_col, w_row, w_col, sweeps, a, b):
+    """Node voltages a[n], b[n] of every batch entry (thread-count independent, as _relax)."""
+    for n in prange(v.shape[0]):
+        _relax_entry(g, v[n], r_row, r_col, w_row, w_col, sweeps, a[n], b[n])
 
 
 class RelaxedIRDropSolver:
@@ -427,6 +443,19 @@ class RelaxedIRDropSolver:
         _relax(self.g, v2, self.r_row, self.r_col, self._w_row, self._w_col, k, out)
         return out[0] if v.ndim == 1 else out
 
+    def node_voltages(self, v, sweeps: int | None = None, tol: float = 1e-6):
+        """Row and column node voltages (a, b), each of shape (..., rows, cols), V, after
+        the sweeps :meth:`solve` would use (same ``sweeps`` / ``tol``)."""
+        v = _check_v(v, self.g.shape[0])
+        k = self.sweeps_for(tol) if sweeps is None else int(sweeps)
+        if k < 0:
+            raise ValueError(f"sweeps must be ≥ 0, got {sweeps}")
+        v2 = np.ascontiguousarray(np.atleast_2d(v))
+        a = np.empty((v2.shape[0], *self.g.shape))
+        b = np.empty_like(a)
+        _relax_nodes(self.g, v2, self.r_row, self.r_col, self._w_row, self._w_col, k, a, b)
+        return (a[0], b[0]) if v.ndim == 1 else (a, b)
+
 
 def column_currents_approx(g, v, r_row: float, r_col: float, sweeps: int | None = None,
                            tol: float = 1e-6):
@@ -437,3 +466,69 @@ def column_currents_approx(g, v, r_row: float, r_col: float, sweeps: int | None 
     max_j |Δi_out[j]|/(‖v‖∞ Σ_i g[i, j]) ≤ (1 + q_c)(q_r q_c)^K is ≤ ``tol``.
     """
     return RelaxedIRDropSolver(g, r_row, r_col).solve(v, sweeps=sweeps, tol=tol)
+
+
+# ----------------------------------------------------------------------------------------
+# Gradients: the adjoint network
+
+
+def column_currents_vjp(g, v, grad_out, r_row: float, r_col: float, solver: str = "exact",
+                        tol: float = 1e-6):
+    """Column currents and their vector-Jacobian products in g and v (exact, by adjoint).
+
+    For a scalar L with ∂L/∂i_out = ``grad_out`` (batch, cols) in 1/A — any weighting of the
+    column currents of each input — returns ``(i_out, grad_g, grad_v)``: i_out (batch, cols)
+    in A, grad_g = Σ_batch ∂L/∂g (rows, cols) in 1/S and grad_v = ∂L/∂v (batch, rows) in 1/V.
+
+    **Derivation.** With A(g) z = B(g) v the nodal equations of the module docstring and
+    i_out[j] = Σ_i g[i, j](a[i, j] − b[i, j]), the adjoint λ solves Aᵀλ = ∂L/∂z with A
+    symmetric, so λ is a node-voltage solution of the same network. Its right-hand side,
+    +ḡ_j·g[i, j] at row node (i, j) and −ḡ_j·g[i, j] at column node (i, j) (ḡ = grad_out),
+    is what a source ḡ_j in series with each cell of column j injects; shifting column j's
+    potentials by ḡ_j (β = λ_b + ḡ_j, α = λ_a) removes those sources and leaves the
+    **reciprocal read**: every row driver grounded and every column's amplifier end driven at
+    ḡ_j. Then, with (a, b) the node voltages of the read and (α, β) those of the reciprocal
+    read,
+
+        ∂L/∂g[i, j] = (a[i, j] − b[i, j])·(β[i, j] − α[i, j]),
+        ∂L/∂v[i]    = Σ_j g[i, j]·(β[i, j] − α[i, j])   (the current the grounded driver i
+                                                         sinks in the reciprocal read).
+
+    Both reduce to the ideal v_i·ḡ_j and Σ_j g[i, j]·ḡ_j as r → 0 (a = v, b = 0, α = 0,
+    β = ḡ). The reciprocal read is itself a read of this module's circuit — the array
+    transposed and reversed in both directions, g[::-1, ::-1]ᵀ, with r_row and r_col
+    swapped, driven by ḡ in reverse column order — so either solver computes it: ``solver``
+    "exact" (:class:`ExactIRDropSolver`) or "relaxed" (:class:`RelaxedIRDropSolver` with
+    ``tol``, whose bound then applies to both reads). Cost: two reads of the batch, with
+    node voltages kept (4·batch·rows·cols floats).
+    """
+    g, r_row, r_col = _check_inputs(g, r_row, r_col)
+    v = _check_v(v, g.shape[0])
+    v2 = np.atleast_2d(v)
+    grad_out = np.asarray(grad_out, dtype=np.float64)
+    grad2 = np.atleast_2d(grad_out)
+    if grad2.shape != (v2.shape[0], g.shape[1]) or not np.all(np.isfinite(grad2)):
+        raise ValueError(f"grad_out must be finite with shape {(v2.shape[0], g.shape[1])} "
+                         f"(batch, cols), got {grad_out.shape}")
+    if solver not in ("exact", "relaxed"):
+        raise ValueError(f"solver must be 'exact' or 'relaxed', got {solver!r}")
+
+    def nodes(conductances, drive, r_r, r_c):
+        if solver == "exact":
+            return ExactIRDropSolver(conductances, r_r, r_c).node_voltages(drive)
+        return RelaxedIRDropSolver(conductances, r_r, r_c).node_voltages(drive, tol=tol)
+
+    a, b = nodes(g, v2, r_row, r_col)
+    a_rec, b_rec = nodes(g[::-1, ::-1].T, np.ascontiguousarray(grad2[:, ::-1]), r_col, r_row)
+    # node (m, k) of the reciprocal read is cell (rows−1−k, cols−1−m): its row nodes are
+    # the column nodes here and vice versa
+    beta = a_rec[:, ::-1, ::-1].transpose(0, 2, 1)
+    alpha = b_rec[:, ::-1, ::-1].transpose(0, 2, 1)
+    drop = a - b
+    adjoint = beta - alpha
+    i_out = np.einsum("ij,nij->nj", g, drop)
+    grad_g = np.einsum("nij,nij->ij", drop, adjoint)
+    grad_v = np.einsum("ij,nij->ni", g, adjoint)
+    if v.ndim == 1:
+        return i_out[0], grad_g, grad_v[0]
+    return i_out, grad_g, grad_v

@@ -21,6 +21,7 @@ from imcsim.physics.irdrop import (
     RelaxedIRDropSolver,
     column_currents_approx,
     column_currents_exact,
+    column_currents_vjp,
 )
 
 G_MAX = 25e-6  # S
@@ -360,6 +361,96 @@ def test_relaxation_error_grows_with_rgn2():
     assert np.all(np.diff(e) > 0)
     ratios = np.array(e[1:]) / e[:-1]
     assert np.all((ratios > 10.0) & (ratios < 20.0))
+
+
+# ----------------------------------------------------------------------------------------
+# (g) Gradients: the adjoint (reciprocal) read
+
+
+@pytest.mark.parametrize("solver", ["exact", "relaxed"])
+@pytest.mark.parametrize(("r_row", "r_col"),
+                         [(2.5, 1.0), (0.0, 800.0), (800.0, 0.0), (800.0, 800.0)])
+def test_vjp_matches_central_differences_of_the_exact_solve(solver, r_row, r_col):
+    """Σ_batch ∂L/∂g and ∂L/∂v for L = Σ ḡ·i_out (signed weights ḡ) on a non-square array
+    against central differences of the exact solve; 800 Ω per segment puts r·g·N² of this
+    7 × 5 array near 0.5, where the wires change the currents by tens of per cent. Steps
+    of 1e-11 S and 1e-6 V are linear to ~1e-9 here (i_out is a rational function of g), so
+    rtol 1e-6 is the test's rounding, not a tolerance for a model error. The relaxed solver
+    runs to 1e-12."""
+    g, v = realistic(7, 5, 3, seed=21)
+    weights = np.random.default_rng(22).standard_normal((3, 5))
+
+    def loss(g_, v_):
+        return float(np.sum(weights * column_currents_exact(g_, v_, r_row, r_col)))
+
+    i_out, grad_g, grad_v = column_currents_vjp(g, v, weights, r_row, r_col, solver=solver,
+                                                tol=1e-12)
+    np.testing.assert_allclose(i_out, column_currents_exact(g, v, r_row, r_col),
+                               rtol=1e-10, atol=FLOOR * full_scale(g, v).max())
+    fd_g = np.empty_like(g)
+    for idx in np.ndindex(g.shape):
+        up, down = g.copy(), g.copy()
+        up[idx] += 1e-11
+        down[idx] -= 1e-11
+        fd_g[idx] = (loss(up, v) - loss(down, v)) / 2e-11
+    fd_v = np.empty_like(v)
+    for idx in np.ndindex(v.shape):
+        up, down = v.copy(), v.copy()
+        up[idx] += 1e-6
+        down[idx] -= 1e-6
+        fd_v[idx] = (loss(g, up) - loss(g, down)) / 2e-6
+    np.testing.assert_allclose(grad_g, fd_g, rtol=1e-6, atol=1e-8 * np.abs(fd_g).max())
+    np.testing.assert_allclose(grad_v, fd_v, rtol=1e-6, atol=1e-8 * np.abs(fd_v).max())
+    if r_row == 800.0 and r_col == 800.0:  # the wires matter: the ideal gradient is far off
+        assert np.abs(grad_g - v.T @ weights).max() > 0.1 * np.abs(fd_g).max()
+
+
+@pytest.mark.parametrize("solver", ["exact", "relaxed"])
+def test_vjp_without_wires_is_the_ideal_products(solver):
+    g, v = realistic(6, 9, 4, seed=23)
+    weights = np.random.default_rng(24).standard_normal((4, 9))
+    i_out, grad_g, grad_v = column_currents_vjp(g, v, weights, 0.0, 0.0, solver=solver)
+    np.testing.assert_allclose(i_out, v @ g, rtol=1e-14)
+    np.testing.assert_allclose(grad_g, v.T @ weights, rtol=1e-14)
+    np.testing.assert_allclose(grad_v, weights @ g.T, rtol=1e-14)
+
+
+def test_vjp_in_the_inputs_is_the_effective_conductance():
+    """i_out = G_effᵀ v is linear in v, so ∂i_out[j]/∂v = G_eff[:, j]: the reciprocal read
+    driven at column j alone gives column j of G_eff (reciprocity), for every j."""
+    g, v = realistic(12, 8, 1, seed=25)
+    solver = ExactIRDropSolver(g, 2.5, 6.0)
+    g_eff = solver.effective_conductance()
+    for j in range(g.shape[1]):
+        unit = np.zeros((1, g.shape[1]))
+        unit[0, j] = 1.0
+        _, _, grad_v = column_currents_vjp(g, v, unit, 2.5, 6.0)
+        np.testing.assert_allclose(grad_v[0], g_eff[:, j], rtol=1e-10)
+
+
+def test_vjp_thread_and_batch_independent(restore_threads):
+    g, v = realistic(48, 40, 6, seed=26)
+    weights = np.random.default_rng(27).standard_normal((6, 40))
+    out = {}
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        out[threads] = column_currents_vjp(g, v, weights, 2.5, 2.5, solver="relaxed")
+    for a, b in zip(out[1], out[2]):
+        assert np.array_equal(a, b)
+    _, _, grad_v = out[1]
+    for n in range(6):
+        assert np.array_equal(
+            column_currents_vjp(g, v[n], weights[n], 2.5, 2.5, solver="relaxed")[2], grad_v[n])
+
+
+def test_vjp_bad_inputs_raise():
+    g, v = realistic(4, 3, 2, seed=28)
+    with pytest.raises(ValueError, match="grad_out"):
+        column_currents_vjp(g, v, np.ones((2, 4)), 1.0, 1.0)
+    with pytest.raises(ValueError, match="grad_out"):
+        column_currents_vjp(g, v, np.full((2, 3), np.nan), 1.0, 1.0)
+    with pytest.raises(ValueError, match="solver"):
+        column_currents_vjp(g, v, np.ones((2, 3)), 1.0, 1.0, solver="spice")
 
 
 # ----------------------------------------------------------------------------------------
