@@ -55,7 +55,8 @@ drift); it only rescales what changes after. The weight error (:func:`weight_err
 that of the devices alone. PTO's tile model (``scenarios.pto``) has no wires unless
 ``[inference.pto] wires = true``: by default, with r_wire > 0, it optimises against an ideal
 array and is evaluated on the resistive one — a model mismatch the study measures; with
-``wires`` its forward pass solves the same resistive array.
+``wires`` its forward pass solves the same resistive array and its gradient is that array's
+exact adjoint.
 """
 
 from __future__ import annotations

@@ -56,10 +56,10 @@ Tile model (normalised units, as in :mod:`scenarios.inference`):
   c_fs = I_fs/(v_read·g_max), straight-through inside, zero gradient where it clips;
 * wires (``PTOSettings.wires`` with wire resistance in the periphery; otherwise the array is
   ideal): the column currents c are those of the resistive array (``crossbar.column_currents``,
-  the harness's solver, on the conductances read g⁺, g⁻), and the gradient is the ideal
-  array's times each physical column's least-squares gain κ_p = Σ_b c·c_ideal / Σ_b c_ideal²
-  (straight-through: the IR drop as a fixed attenuation per column; not exact, and exact as
-  r → 0);
+  the harness's solver, on the conductances read g⁺, g⁻), and their gradients in g± and
+  x_q are exact: the adjoint of the nodal equations, which is the reciprocal read of the
+  same array (rows grounded, each column's amplifier end driven at ∂J/∂c;
+  ``crossbar.column_currents_vjp``), two reads per tile and batch instead of one;
 * output y_j = α·r·Σ_{p→j} f_p·c_q,p with f_p = s_j·share_p/k_p; α is the tile's global
   drift compensation (reference at t_calibrate over the value at t_target, both on the float
   network's calibration rows, same device draws), re-estimated at every evaluation and held
@@ -260,27 +260,34 @@ def _read_weights(tile: TileMap, scale, draws: TileDraws, t: float, read_xi, sta
 
 
 def _tile_forward(tile: TileMap, scale, r, rows, u_read, hw: Hardware, g=None):
-    """(a, x_q, c, c_q, out, gain): the tile's inputs, DAC outputs, normalised column
-    currents, ADC outputs, block outputs, and per physical column the least-squares gain of
-    the currents over the ideal x_q·ũ (1 without wires). With wire resistance in
-    ``hw.periphery`` and the conductances ``g`` (flat [g⁺, g⁻], S) the currents are those
-    of the resistive array (``crossbar.column_currents``, the solver the harness uses)."""
+    """(a, x_q, c, c_q, out): the tile's inputs, DAC outputs, normalised column currents,
+    ADC outputs and block outputs. With wire resistance in ``hw.periphery`` and the
+    conductances ``g`` (flat [g⁺, g⁻], S) the currents are those of the resistive array
+    (``crossbar.column_currents``, the solver the harness uses)."""
     a = rows[:, tile.row0:tile.row0 + tile.rows]
     x_q = _quantise(np.clip(a / r, -1.0, 1.0), hw.periphery.dac_bits)
-    c = x_q @ u_read
-    gain = np.ones(u_read.shape[1])
     if g is not None and hw.periphery.ir_drop:
         n = u_read.size
-        g_max = hw.stat.g_max
-        ideal = c
         c = crossbar.column_currents(g[:n].reshape(u_read.shape), g[n:].reshape(u_read.shape),
-                                     x_q, hw.periphery) / (hw.periphery.v_read * g_max)
-        power = np.sum(ideal * ideal, axis=0)
-        gain = np.where(power > 0, np.sum(c * ideal, axis=0) / np.where(power > 0, power, 1.0),
-                        1.0)
+                                     x_q, hw.periphery) / (hw.periphery.v_read * hw.stat.g_max)
+    else:
+        c = x_q @ u_read
     c_fs = hw.adc_range
     c_q = _quantise(np.clip(c / c_fs, -1.0, 1.0), hw.periphery.adc_bits) * c_fs
-    return a, x_q, c, c_q, r * tile.combine(c_q, scale), gain
+    return a, x_q, c, c_q, r * tile.combine(c_q, scale)
+
+
+def _wired_vjp(g, positive, x_q, g_c, hw: Hardware):
+    """(∂L/∂ũ per weight, ∂L/∂x_q) of the resistive array from ∂L/∂c = ``g_c``, by the exact
+    adjoint of ``crossbar.column_currents`` (its reciprocal read). The target of a weight
+    with u ≥ 0 (``positive``) is on G⁺, otherwise on G⁻, so its ∂L/∂ũ, ũ = (G⁺ − G⁻)/g_max,
+    is g_max·∂L/∂G⁺ or −g_max·∂L/∂G⁻; the device derivative is applied by the caller."""
+    n = positive.size
+    g_max = hw.stat.g_max
+    _, d_plus, d_minus, g_x = crossbar.column_currents_vjp(
+        g[:n].reshape(positive.shape), g[n:].reshape(positive.shape), x_q, hw.periphery,
+        g_c / (hw.periphery.v_read * g_max))
+    return np.where(positive, g_max * d_plus, -g_max * d_minus), g_x
 
 
 def _level(tile, scale, r, rows, u_read, hw, g=None) -> float:
@@ -327,11 +334,11 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
         for i, tile in enumerate(tiles):
             if tile.layer != k:
                 continue
-            a, x_q, c, c_q, out, gain = _tile_forward(tile, scales[i], ranges[i], rows,
-                                                      reads[i][0], hw, reads[i][4])
+            a, x_q, c, c_q, out = _tile_forward(tile, scales[i], ranges[i], rows,
+                                                reads[i][0], hw, reads[i][4])
             out = alphas[i] * out
             z[:, tile.col0:tile.col0 + tile.n_cols] += out
-            saved.append((i, a, x_q, c, c_q, out, gain))
+            saved.append((i, a, x_q, c, c_q, out))
         h, cache = layer.post(z + b)
         caches.append(cache)
     n = h.shape[0]
@@ -357,9 +364,9 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
         by_layer.setdefault(tiles[entry[0]].layer, []).append(entry)
     for k in range(len(net.layers) - 1, -1, -1):
         d_rows = None
-        for i, a, x_q, c, c_q, out, gain in by_layer.get(k, []):
+        for i, a, x_q, c, c_q, out in by_layer.get(k, []):
             tile, s, r, alpha = tiles[i], scales[i], ranges[i], alphas[i]
-            u_read, du, v, inside_w, _ = reads[i]
+            u_read, du, v, inside_w, g_read = reads[i]
             gy = dz[:, tile.col0:tile.col0 + tile.n_cols]
             gy_p = gy[:, tile.column]
             g_range[i] += float(np.sum(gy * out)) / r
@@ -367,12 +374,14 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
             g_factor = alpha * r * np.sum(gy_p * c_q, axis=0)
             np.add.at(g_scale[i], tile.column, g_factor * share)
             factor = tile.factors(s)
-            # through the wires, ∂c/∂ũ and ∂c/∂x_q are those of the ideal array times the
-            # column's gain (straight-through: the IR drop as a fixed attenuation per column)
-            g_c = alpha * r * gy_p * factor * (np.abs(c) < hw.adc_range) * gain
-            g_u = (x_q.T @ g_c) * du * inside_w
+            g_c = alpha * r * gy_p * factor * (np.abs(c) < hw.adc_range)
+            if hw.periphery.ir_drop:
+                g_u, g_x = _wired_vjp(g_read, v >= 0, x_q, g_c, hw)
+                g_u = g_u * du * inside_w
+            else:
+                g_u = (x_q.T @ g_c) * du * inside_w
+                g_x = g_c @ u_read.T
             np.add.at(g_scale[i], tile.column, np.sum(g_u * (-v / s[tile.column]), axis=0))
-            g_x = g_c @ u_read.T
             inside_x = np.abs(a) < r
             g_range[i] += float(np.sum(g_x * (-a / r ** 2) * inside_x))
             if k > 0:

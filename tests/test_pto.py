@@ -284,17 +284,18 @@ def test_holdout_estimates_the_gain_without_selection():
     assert np.isfinite(moved.holdout_best) and moved.holdout_sem > 0
 
 
-def _wired(hw, r_wire):
+def _wired(hw, r_wire, solver="exact"):
     return dataclasses.replace(hw, periphery=dataclasses.replace(
-        hw.periphery, r_wire_row=r_wire, r_wire_col=r_wire, ir_drop_solver="exact"))
+        hw.periphery, r_wire_row=r_wire, r_wire_col=r_wire, ir_drop_solver=solver))
 
 
-def test_wire_aware_objective_approaches_the_ideal_one_and_its_gradient_points_downhill(batch):
-    """With wires the tile model's forward is the resistive array's, its gradient the ideal
-    array's scaled by each column's attenuation (straight-through; not exact). As r → 0 both
-    become the ideal model's. At 16 Ω per cell the approximate gradient still agrees in
-    direction with finite differences of the resistive objective (cosine > 0.95), closer than
-    the gradient of the wire-blind model."""
+@pytest.mark.parametrize("solver", ["exact", "relaxed"])
+def test_wire_aware_gradients_match_finite_differences_of_the_resistive_objective(batch, solver):
+    """With wires the tile model's forward is the resistive array's and its gradient the
+    adjoint's. As r → 0 both become the ideal model's. At 16 Ω per cell, where the wires
+    move the loss by more than 0.1 %, ∂J/∂ln s and ∂J/∂ln r match central differences of
+    the resistive objective (rel 1e-4), with either solver; the wire-blind gradient does not.
+    """
     x, y = batch
     net = small_net("mlp")
     hw = inference.Hardware(periphery=crossbar.Periphery(dac_bits=0, adc_bits=0,
@@ -306,12 +307,12 @@ def test_wire_aware_objective_approaches_the_ideal_one_and_its_gradient_points_d
                                   [t.input_range * 0.71 for t in tiles])
     draws = pto.draw_tiles(tiles, 5, 1)
     ideal = pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0)
-    tiny = pto.objective(net, tiles, _wired(hw, 1e-9), x, y, rows, draws, 86400.0)
+    tiny = pto.objective(net, tiles, _wired(hw, 1e-9, solver), x, y, rows, draws, 86400.0)
     assert tiny.loss == pytest.approx(ideal.loss, rel=1e-6)
     for a, b in zip([*tiny.grad_log_scale, np.array(tiny.grad_log_range)],
                     [*ideal.grad_log_scale, np.array(ideal.grad_log_range)]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
-    wired = _wired(hw, 16.0)
+    wired = _wired(hw, 16.0, solver)
     obj = pto.objective(net, tiles, wired, x, y, rows, draws, 86400.0)
     assert obj.loss != pytest.approx(ideal.loss, rel=1e-3)  # the wires matter here
     log_s = [np.log(t.scale) for t in tiles]
@@ -323,29 +324,26 @@ def test_wire_aware_objective_approaches_the_ideal_one_and_its_gradient_points_d
                              alphas=obj.alphas, grad=False).loss
 
     h = 1e-5
-    fd, approx, blind = [], [], []
+    fd, adjoint, blind = [], [], []
     for i in range(len(tiles)):
-        for j in range(log_s[i].size):
+        for j in range(0, log_s[i].size, 2):
             up = [v.copy() for v in log_s]
             down = [v.copy() for v in log_s]
             up[i][j] += h
             down[i][j] -= h
             fd.append((value(up, log_r) - value(down, log_r)) / (2 * h))
-            approx.append(obj.grad_log_scale[i][j])
+            adjoint.append(obj.grad_log_scale[i][j])
             blind.append(ideal.grad_log_scale[i][j])
         up, down = list(log_r), list(log_r)
         up[i] += h
         down[i] -= h
         fd.append((value(log_s, up) - value(log_s, down)) / (2 * h))
-        approx.append(obj.grad_log_range[i])
+        adjoint.append(obj.grad_log_range[i])
         blind.append(ideal.grad_log_range[i])
-    fd, approx, blind = map(np.array, (fd, approx, blind))
-
-    def cosine(a, b):
-        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-    assert cosine(fd, approx) > 0.95
-    assert cosine(fd, approx) > cosine(fd, blind)
+    fd, adjoint, blind = map(np.array, (fd, adjoint, blind))
+    scale = np.max(np.abs(fd))
+    np.testing.assert_allclose(adjoint, fd, rtol=1e-4, atol=1e-6 * scale)
+    assert np.max(np.abs(blind - fd)) > 1e-2 * scale
 
 
 def test_pto_ignores_the_wires_unless_told(batch):
