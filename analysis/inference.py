@@ -42,9 +42,13 @@ def _time_label(t: float) -> str:
 
 def _characterisation_us(trace: Trace) -> dict:
     """The programming characterisation's per-level σ, its standard error, the mean error,
-    and the refitted and preset σ, in µS."""
+    the refitted and preset σ, and (traces that hold them) the mean of the target-0 device,
+    the model's, and the fitted common mode C, in µS."""
+    names = trace.series_names()
     return {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
-            for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset")}
+            for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset", "low",
+                         "low_fitted", "common_mode_levels")
+            if f"characterisation_{what}" in names}
 
 
 def characterisation_lines(trace: Trace) -> list[str]:
@@ -56,15 +60,25 @@ def characterisation_lines(trace: Trace) -> list[str]:
     got = _characterisation_us(trace)
     chi2 = trace.metrics()["characterisation_chi2_dof"][0]
     coeff = [float(c) * 1e6 for c in trace.attrs["characterisation_prog_coeff"]]
+    common = [float(c) * 1e6 for c in trace.attrs.get("characterisation_common_mode", [])]
+    low = "low" in got
     lines = ["  programming characterised on a tile of its own; the noise-aware methods assume "
              "the refitted model",
              f"    sigma_prog(g) = max(P(g/g_max), 0), P of degree {len(coeff) - 1}, "
-             f"chi^2/dof {chi2:.2f}",
-             f"    {'|u|':>6}{'measured σ (µS)':>20}{'fitted':>9}{'preset':>9}{'bias (µS)':>11}"]
+             f"chi^2/dof {chi2:.2f}"]
+    if low:
+        lines.append("    common mode C(|u|) on both devices of a pair: "
+                     + (f"polynomial of degree {len(common) - 1}, C(0) = {common[0]:.2f} µS"
+                        if common else "none (the target-0 device sits at its own noise)"))
+    lines.append(f"    {'|u|':>6}{'measured σ (µS)':>20}{'fitted':>9}{'preset':>9}"
+                 f"{'bias (µS)':>11}" + (f"{'G at 0 (µS)':>13}{'model':>8}" if low else ""))
     for k in range(0, levels.size, 4):
-        lines.append(f"    {levels[k]:>6.3f}{got['sigma'][k]:>12.3f} ± {got['sigma_se'][k]:.3f}"
-                     f"{got['sigma_fitted'][k]:>9.3f}{got['sigma_preset'][k]:>9.3f}"
-                     f"{got['bias'][k]:>+11.3f}")
+        row = (f"    {levels[k]:>6.3f}{got['sigma'][k]:>12.3f} ± {got['sigma_se'][k]:.3f}"
+               f"{got['sigma_fitted'][k]:>9.3f}{got['sigma_preset'][k]:>9.3f}"
+               f"{got['bias'][k]:>+11.3f}")
+        if low:
+            row += f"{got['low'][k]:>13.3f}{got['low_fitted'][k]:>8.3f}"
+        lines.append(row)
     return lines
 
 
@@ -444,7 +458,18 @@ def _characterisation_panel(ax, trace: Trace) -> None:
     ax.set_ylabel("programmed weight error, G⁺ − G⁻ − u·g_max (µS)")
     ax.set_title(f"programming characterisation "
                  f"({trace.attrs.get('inference_programming', 'statistical')})")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    if "low" in got:
+        right = ax.twinx()
+        right.plot(u, got["low"], "s", ms=2.5, color="tab:green",
+                   label="measured mean of the target-0 device (right)")
+        right.plot(u, got["low_fitted"], "-", color="tab:green", lw=0.8,
+                   label="model with the fitted common mode (right)")
+        right.set_ylabel("target-0 device of a pair (µS)", color="tab:green")
+        right.set_ylim(bottom=0.0)
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=7)
 
 
 def figure(trace: Trace, out) -> None:

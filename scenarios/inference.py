@@ -118,7 +118,12 @@ class Hardware:
     ``periphery`` gives dac_bits, adc_bits, v_read (V) and adc_full_scale (A); its
     input_range is replaced per tile by the mapping's DAC range. ``t_calibrate`` (s) is when
     the drift-compensation reference is taken, after programming at t = 0; ``programming``
-    says how the devices are programmed.
+    says how the devices are programmed. ``common_mode`` (coefficients in S of C(|u|), see
+    ``robust_training.NoiseModel``) is conductance both devices of a pair carry on top of
+    their targets: statistical and program-and-verify programming aim G⁺, G⁻ at it, and the
+    noise-aware methods model it; GDP programs differences and ignores it. Empty (the
+    default) on every chip; :func:`characterise_programming` measures the one a programming
+    method leaves, for the methods' model of the chip.
     """
 
     stat: pcm.StatisticalModel = field(default_factory=pcm.StatisticalModel)
@@ -128,6 +133,20 @@ class Hardware:
     tile_cols: int = 256
     t_calibrate: float = 1.0
     programming: Programming = field(default_factory=Programming)
+    common_mode: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        from imcsim.scenarios.robust_training import check_common_mode
+
+        object.__setattr__(self, "common_mode", check_common_mode(self.common_mode))
+
+    def noise(self, t_inference: float, **flags):
+        """The device noise of this chip's pairs at ``t_inference`` (s) after programming, as
+        training and range optimisation model it (``robust_training.NoiseModel``)."""
+        from imcsim.scenarios.robust_training import NoiseModel
+
+        return NoiseModel(device=self.stat, t_inference=t_inference,
+                          common_mode=self.common_mode, **flags)
 
     @property
     def adc_range(self) -> float:
@@ -355,18 +374,27 @@ class ProgrammedTile:
     mvm_error: float = np.nan
 
 
-def conductance_targets(tile: TileMap, g_max: float) -> np.ndarray:
-    """Flat targets [G⁺, G⁻] (S) of a tile's pairs."""
+def conductance_targets(tile: TileMap, g_max: float, common_mode=()) -> np.ndarray:
+    """Flat targets [G⁺, G⁻] (S) of a tile's pairs, both raised by C(|u|) of
+    ``common_mode`` (none when empty)."""
     u = tile.targets()
-    return np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * g_max
+    g_t = np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * g_max
+    if len(common_mode):
+        from imcsim.scenarios.robust_training import common_mode_conductance
+
+        g_t = g_t + np.tile(common_mode_conductance(common_mode, np.abs(u).ravel())[0], 2)
+    return g_t
 
 
 def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
             programming: Programming | None = None,
-            periphery: crossbar.Periphery | None = None) -> list[ProgrammedTile]:
+            periphery: crossbar.Periphery | None = None,
+            common_mode: tuple[float, ...] = ()) -> list[ProgrammedTile]:
     """Program every tile at t = 0 on the devices of ``device_seed`` (tile k:
     ``network.tile_seed(device_seed, k)``), by ``programming`` (default: statistical); GDP
     needs the chip's ``periphery`` (its input_range is replaced by each tile's DAC range).
+    Statistical and program-and-verify programming aim both devices of a pair ``common_mode``
+    higher (:func:`conductance_targets`); GDP's targets are the differences.
 
     Every method draws the drift exponents from the same standard normals (stream NU,
     counter 0, unused by the programming loops) and reads with the same counters, so for one
@@ -379,7 +407,8 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
     out = []
     for index, tile in enumerate(tiles):
         seed = network.tile_seed(device_seed, index)
-        g_t = conductance_targets(tile, stat.g_max)
+        g_t = conductance_targets(tile, stat.g_max,
+                                  () if programming.method == "gdp" else common_mode)
         chip = ProgrammedTile(tile, seed, g_t, np.empty_like(g_t), np.empty_like(g_t),
                               np.empty_like(g_t))
         if programming.method == "gdp":
@@ -430,7 +459,10 @@ class ProgrammingFit:
     ``sigma_preset`` what the fitted and the preset programming-noise models predict (S);
     ``stat`` the preset with the fitted coefficients; ``chi2_dof`` χ²/(levels − coefficients)
     of the fit in units of ``sigma_se`` (≈ 1 where the preset's polynomial form describes
-    the programming, ≫ 1 where it cannot)."""
+    the programming, ≫ 1 where it cannot). ``low`` the mean conductance of the device of
+    each pair whose target is 0 (S) and ``low_fitted`` the model's; ``common_mode`` the
+    fitted C(|u|) coefficients (S, empty when the data do not call for one) and
+    ``common_mode_levels`` C at each level (S)."""
 
     levels: np.ndarray
     sigma: np.ndarray
@@ -441,15 +473,62 @@ class ProgrammingFit:
     stat: pcm.StatisticalModel
     chi2_dof: float
     pairs_per_level: int
+    low: np.ndarray
+    low_fitted: np.ndarray
+    common_mode: tuple[float, ...]
+    common_mode_levels: np.ndarray
 
 
-def _programming_sigma(g_target, stat: pcm.StatisticalModel) -> np.ndarray:
-    """σ of G⁺ − G⁻ (S) of pairs with G⁺ at ``g_target`` and G⁻ at 0 under the statistical
-    programming noise of ``stat`` alone (both devices rectified at 0, as programmed)."""
+def _programming_sigma(g_target, stat: pcm.StatisticalModel, common_mode=()) -> np.ndarray:
+    """σ of G⁺ − G⁻ (S) of pairs with G⁺ at ``g_target`` and G⁻ at 0, both raised by
+    ``common_mode``, under the statistical programming noise of ``stat`` alone (both devices
+    rectified at 0, as programmed)."""
+    from imcsim.scenarios import robust_training as rt
+
+    noise = rt.NoiseModel(device=stat, t_inference=0.0, drift=False, read=False,
+                          common_mode=common_mode)
+    return rt.conductance_sigma(np.asarray(g_target, dtype=np.float64), noise)
+
+
+def _low_device_mean(g_target, stat: pcm.StatisticalModel) -> np.ndarray:
+    """E[max(0, g_T + σ_prog(g_T)·ξ)] (S): the programmed mean of single devices."""
     from imcsim.scenarios import robust_training as rt
 
     noise = rt.NoiseModel(device=stat, t_inference=0.0, drift=False, read=False)
-    return rt.conductance_sigma(np.asarray(g_target, dtype=np.float64), noise)
+    return rt.device_moments(np.asarray(g_target, dtype=np.float64), noise)[0]
+
+
+def _common_mode_fit(levels, low, low_se, stat: pcm.StatisticalModel, max_degree: int = 4):
+    """Coefficients (S) of C(|u|) that make the model's mean of the target-0 device,
+    E[max(0, C + σ_prog(C)·ξ)], match ``low`` at each level: per level the C_k that does
+    (bisection; 0 where the mean at C = 0 already reaches it), then a polynomial in |u| by
+    weighted least squares, its degree (or none) by BIC on χ² in units of ``low_se``.
+    Polynomials negative anywhere on [0, 1] are not candidates."""
+    from imcsim.scenarios.robust_training import check_common_mode, common_mode_conductance
+
+    g_max = stat.g_max
+    lo, hi = np.zeros(levels.size), np.full(levels.size, 2.0 * g_max)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        above = _low_device_mean(mid, stat) > low
+        hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+    c_level = 0.5 * (lo + hi)
+
+    def chi2(coeff):
+        c = common_mode_conductance(coeff, levels)[0]
+        return float(np.sum(((_low_device_mean(c, stat) - low) / low_se) ** 2))
+
+    best = (chi2(()), ())
+    for degree in range(min(max_degree, levels.size - 2) + 1):
+        coeff = np.polynomial.polynomial.polyfit(levels, c_level, degree, w=1.0 / low_se)
+        try:
+            coeff = check_common_mode(coeff)
+        except ValueError:
+            continue
+        score = chi2(coeff) + (degree + 1) * np.log(levels.size)
+        if score < best[0]:
+            best = (score, coeff)
+    return best[1]
 
 
 def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISATION_LEVELS,
@@ -467,12 +546,22 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     conductances (the states the devices reached, before any drift or read noise) the weight
     error of every pair is
     e = G⁺ − G⁻ − u·g_max; per level its standard deviation σ_k and standard error
-    σ_k/sqrt(2(n − 1)).
+    σ_k/sqrt(2(n − 1)), and the mean and standard error of the device whose target is 0.
 
-    The fit keeps the preset's functional form: σ_prog(g_T) = max(P(g_T/g_max), 0) with P a
-    polynomial (coefficients in S at g_ref = g_max), applied independently to both devices of
-    a pair and rectified at 0 as the statistical model programs them, so that the predicted
-    pair σ(|u|_k) = sqrt(Var(G⁺) + Var(G⁻)) is what noise injection, HA-SGD and PTO compute
+    **Common mode.** A programming that leaves conductance in both devices of a pair (GDP
+    raises both; at |u| = 0 by about half of g_max on the default chip) adds the drift and
+    read noise of that conductance to every weight without carrying signal. The model of
+    the pair is therefore G⁺ at g_T + C(|u|), G⁻ at C(|u|), C a polynomial in |u| fitted to
+    the mean of the target-0 device (:func:`_common_mode_fit`; none where the data do not
+    call for one, as for the statistical model's own programming, whose target-0 device sits
+    at its rectified noise). The two fits alternate three times: C given σ_prog (the preset's
+    first), σ_prog given C.
+
+    **Programming noise.** The fit keeps the preset's functional form: σ_prog(g) =
+    max(P(g/g_max), 0) with P a polynomial (coefficients in S at g_ref = g_max), applied
+    independently to both devices of a pair at their conductances and rectified at 0 as the
+    statistical model programs them, so that the predicted pair σ(|u|_k) =
+    sqrt(Var(G⁺) + Var(G⁻)) is what noise injection, HA-SGD and PTO compute
     (``robust_training.conductance_sigma``). For each degree from the preset's to
     ``max_degree`` the coefficients minimise χ² = Σ_k ((σ(|u|_k) − σ_k)/se_k)²
     (``scipy.optimize.least_squares``, started at the preset's and at a constant); the degree
@@ -480,9 +569,9 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     its own programming (χ²/dof ≈ 1), but program-and-verify leaves a near-constant σ of
     about tolerance/√3 above a step at |u| = 0 (both devices RESET), which a low-degree
     polynomial cannot follow. Not modelled, and reported instead: the mean error ``bias``
-    (the statistical model's programming is unbiased but for its rectification at 0) and any
-    correlation between the two devices of a pair or between pairs (program-and-verify of the
-    difference, GDP). Drift
+    (the statistical model's programming is unbiased but for its rectification at 0), the
+    spread of the common mode from pair to pair, and any correlation between the two
+    devices of a pair or between pairs (program-and-verify of the difference, GDP). Drift
     and read noise keep the preset's fits, which the pulse-level chip also follows."""
     from scipy.optimize import least_squares
 
@@ -505,44 +594,58 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
                      share=ones, column=np.arange(cols), scale=ones, input_range=1.0)
              for k in range(n_tiles)]
     half = rows * cols
-    diff = np.stack([chip.g_prog[:half] - chip.g_prog[half:] for chip in
-                     program(tiles, stat, seed, hw.programming, hw.periphery)])
-    error = diff.reshape(u.shape) - u * g_max
+    chips = program(tiles, stat, seed, hw.programming, hw.periphery, hw.common_mode)
+    g_plus = np.stack([chip.g_prog[:half] for chip in chips]).reshape(u.shape)
+    g_minus = np.stack([chip.g_prog[half:] for chip in chips]).reshape(u.shape)
+    error = g_plus - g_minus - u * g_max
     along = np.where(u < 0.0, -error, error)  # positive: |weight| programmed too large
+    low_device = np.where(u < 0.0, g_plus, g_minus)
     n = level_of.size // levels  # every level holds n or n + 1 pairs
     sigma = np.array([error[level_of == k].std(ddof=1) for k in range(levels)])
     bias = np.array([along[level_of == k].mean() for k in range(levels)])
+    low = np.array([low_device[level_of == k].mean() for k in range(levels)])
+    low_se = np.array([low_device[level_of == k].std(ddof=1) for k in range(levels)]) / np.sqrt(n)
     se = sigma / np.sqrt(2.0 * (n - 1))
     # A level measured without scatter (noise-free programming) still counts, at the
     # resolution of the conductances themselves.
     se = np.maximum(se, 1e-12 * g_max)
+    low_se = np.maximum(low_se, 1e-12 * g_max)
     g_levels = magnitude * g_max
 
     def model(coeff_us):
         return replace(stat, prog_coeff=tuple(float(c) * 1e-6 for c in coeff_us),
                        prog_coeff_g_ref=g_max, prog_noise_scale=1.0)
 
-    def residuals(coeff_us):  # conditioned in µS, the units the fit reads
-        return (_programming_sigma(g_levels, model(coeff_us)) - sigma) / se
-
     preset_us = (np.asarray(stat.prog_coeff) * (g_max / stat.prog_coeff_g_ref)
                  * stat.prog_noise_scale * 1e6)
-    best = None
-    for degree in range(preset_us.size - 1, min(max_degree, levels - 2) + 1):
-        starts = (np.pad(preset_us, (0, degree + 1 - preset_us.size)),
-                  np.r_[np.median(sigma) * 1e6, np.zeros(degree)])
-        for start in starts:
-            fit = least_squares(residuals, start, method="lm")
-            chi2 = float(np.sum(fit.fun ** 2))
-            bic = chi2 + (degree + 1) * np.log(levels)
-            if best is None or bic < best[0]:
-                best = (bic, chi2, degree, fit.x)
-    _, chi2, degree, coeff_us = best
-    fitted = model(coeff_us)
+    current = stat
+    for _ in range(3):
+        common = _common_mode_fit(magnitude, low, low_se, current)
+
+        def residuals(coeff_us, common=common):  # in µS, the units the fit reads
+            return (_programming_sigma(g_levels, model(coeff_us), common) - sigma) / se
+
+        best = None
+        for degree in range(preset_us.size - 1, min(max_degree, levels - 2) + 1):
+            starts = (np.pad(preset_us, (0, degree + 1 - preset_us.size)),
+                      np.r_[np.median(sigma) * 1e6, np.zeros(degree)])
+            for start in starts:
+                fit = least_squares(residuals, start, method="lm")
+                chi2 = float(np.sum(fit.fun ** 2))
+                bic = chi2 + (degree + 1) * np.log(levels)
+                if best is None or bic < best[0]:
+                    best = (bic, chi2, degree, fit.x)
+        _, chi2, degree, coeff_us = best
+        current = model(coeff_us)
+    from imcsim.scenarios.robust_training import common_mode_conductance
+
+    c_levels = common_mode_conductance(common, magnitude)[0]
     return ProgrammingFit(levels=magnitude, sigma=sigma, sigma_se=se, bias=bias,
-                          sigma_fitted=_programming_sigma(g_levels, fitted),
-                          sigma_preset=_programming_sigma(g_levels, stat), stat=fitted,
-                          chi2_dof=chi2 / (levels - degree - 1), pairs_per_level=n)
+                          sigma_fitted=_programming_sigma(g_levels, current, common),
+                          sigma_preset=_programming_sigma(g_levels, stat), stat=current,
+                          chi2_dof=chi2 / (levels - degree - 1), pairs_per_level=n,
+                          low=low, low_fitted=_low_device_mean(c_levels, current),
+                          common_mode=common, common_mode_levels=c_levels)
 
 
 def read(chip: ProgrammedTile, stat: pcm.StatisticalModel, t: float, counter: int
@@ -631,7 +734,7 @@ def deploy(tiles: list[TileMap], hw: Hardware, device_seed: int,
            rows_calibration: list[np.ndarray]) -> list[ProgrammedTile]:
     """Program the tiles on the devices of ``device_seed`` and take the drift-compensation
     reference."""
-    chips = program(tiles, hw.stat, device_seed, hw.programming, hw.periphery)
+    chips = program(tiles, hw.stat, device_seed, hw.programming, hw.periphery, hw.common_mode)
     calibrate(chips, hw, rows_calibration)
     return chips
 
@@ -704,8 +807,8 @@ def needs(method: str, noise_model: str = "preset", pto_wires: bool = False) -> 
                             "; the wire resistance per cell pitch (its tile model solves the "
                             "resistive array)")
     if noise_model == "characterised" and method in _NOISE_AWARE:
-        text += ("; its programming noise measured on a characterisation tile programmed by "
-                 "the chip's own method")
+        text += ("; its programming noise and common-mode conductance measured on a "
+                 "characterisation tile programmed by the chip's own method")
     return text
 
 
@@ -914,7 +1017,12 @@ class InferenceRun:
                     ("sigma_fitted", "std predicted by the refitted programming-noise model "
                                      "that noise injection, HA-SGD and PTO assume"),
                     ("sigma_preset", "std predicted by the device preset's programming-noise "
-                                     "fit")):
+                                     "fit"),
+                    ("low", "measured mean conductance of the device whose target is 0"),
+                    ("low_fitted", "mean of that device under the refitted model, common mode "
+                                   "included"),
+                    ("common_mode_levels", "fitted common-mode conductance C(|u|) both "
+                                           "devices of a pair carry in the refitted model")):
                 w.declare_series(f"characterisation_{what}", (levels,), "f8", "S",
                                  f"per level: {desc} ({sec.programming} programming of "
                                  f"{CHARACTERISATION_PAIRS} or more pairs in tiles of "
@@ -1055,14 +1163,16 @@ class InferenceRun:
         programming (:func:`characterise_programming`) and record what was measured."""
         fit = characterise_programming(self.hw, self.characterisation_seed,
                                        levels=CHARACTERISATION_LEVELS)
-        self.model_hw = replace(self.hw, stat=fit.stat)
+        self.model_hw = replace(self.hw, stat=fit.stat, common_mode=fit.common_mode)
         w = self.writer
         w.append("characterisation_levels", 0.0, fit.levels)
-        for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset"):
+        for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset", "low",
+                     "low_fitted", "common_mode_levels"):
             w.append(f"characterisation_{what}", 0.0, getattr(fit, what))
         w.set_metric("characterisation_chi2_dof", fit.chi2_dof)
         w.set_attrs(characterisation_prog_coeff=list(fit.stat.prog_coeff),
                     characterisation_prog_coeff_g_ref=fit.stat.prog_coeff_g_ref,
+                    characterisation_common_mode=list(fit.common_mode),
                     characterisation_seed=self.characterisation_seed)
 
     def _train(self, arch, name):
@@ -1071,7 +1181,7 @@ class InferenceRun:
         sec = self.section
         net = rt.build_net(arch, self.features, self.classes, hidden=tuple(sec.hidden),
                            channels=sec.channels, seed=sec.train_seed)
-        noise = rt.NoiseModel(device=self.model_hw.stat, t_inference=sec.t_train)
+        noise = self.model_hw.noise(sec.t_train)
         method = "hasgd" if name.startswith("hasgd") else name
         scale = "maxabs"
         if name == "hasgd_afp":
@@ -1131,7 +1241,6 @@ class InferenceRun:
 
     def _run_architecture(self, arch, progress):
         from imcsim.scenarios import pto
-        from imcsim.scenarios import robust_training as rt
 
         sec, w, hw = self.section, self.writer, self.hw
         nets = {}
@@ -1163,7 +1272,7 @@ class InferenceRun:
             kind, rule = _mapping_of(method)
             if (method not in ("sgd_mse_clip", "sgd_maxabs_tile")
                     and not method.startswith("pto")):
-                noise = rt.NoiseModel(device=self.model_hw.stat, t_inference=sec.t_train)
+                noise = self.model_hw.noise(sec.t_train)
                 sigma = np.concatenate([mapping_weight_sigma(wk, kind, noise, sec.afp_gain).ravel()
                                         for wk in net.weights])
                 w.append(f"weight_sigma_{arch}_{method}", sec.t_train, sigma)
@@ -1182,7 +1291,7 @@ class InferenceRun:
                 tiles = with_ranges(tiles, tile_wide_scales(tiles),
                                     [t.input_range for t in tiles])
             if method == "sgd_mse_clip":
-                noise = rt.NoiseModel(device=self.model_hw.stat, t_inference=sec.t_train)
+                noise = self.model_hw.noise(sec.t_train)
                 fits = [pto.mse_clip_scales(tile, noise) for tile in tiles]
                 w.set_metric(f"mse_clip_weight_error_ratio_{arch}",
                              float(np.sqrt(sum(f[2].sum() for f in fits)

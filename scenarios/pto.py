@@ -43,7 +43,9 @@ Tile model (normalised units, as in :mod:`scenarios.inference`):
 * DAC: x_q = Q_D(clip(a/r, −1, 1)), Q_D rounding to 2^(b−1) − 1 levels per sign, with a
   straight-through estimator (∂Q/∂x = 1): ∂(r·x_q)/∂r = x_q − a/r inside the range and
   sign(a) outside (the LSQ/PACT gradient of a learnable clipping range);
-* weights: u = clip(k·w/s, −1, 1) on a pair G⁺ = max(u, 0)·g_max, G⁻ = max(−u, 0)·g_max;
+* weights: u = clip(k·w/s, −1, 1) on a pair G⁺ = max(u, 0)·g_max + C(|u|),
+  G⁻ = max(−u, 0)·g_max + C(|u|), C the model's common mode (``Hardware.common_mode``; none
+  unless characterised, when ∂C/∂u moves both targets and both derivatives are followed);
 * devices, reparameterised so that the gradient flows through the target g_T (the
   statistical model of :mod:`physics.pcm`, preset Joshi et al. 2020 or HERMES, Le Gallo et
   al. 2023; the same draws ξ as its kernels for the same seed and counters):
@@ -81,6 +83,7 @@ import numpy as np
 from imcsim.physics import crossbar, pcm, rng
 from imcsim.scenarios import network
 from imcsim.scenarios.inference import DEVICE_MODELS, Hardware, TileMap, with_ranges
+from imcsim.scenarios.robust_training import common_mode_conductance
 
 _G_R_FLOOR = 1e-7
 LOSSES = ("cross_entropy", "logit_mse")
@@ -246,17 +249,29 @@ def _quantise(x, bits: int):
     return np.round(x * levels) / levels
 
 
-def _read_weights(tile: TileMap, scale, draws: TileDraws, t: float, read_xi, stat):
+def _read_weights(tile: TileMap, scale, draws: TileDraws, t: float, read_xi, stat,
+                  common_mode=()):
     """Normalised read-out ũ = (g⁺ − g⁻)/g_max, its derivative in u, u, the mask of
-    unclipped weights, and the conductances read (flat [g⁺, g⁻], S)."""
+    unclipped weights, the conductances read (flat [g⁺, g⁻], S) and, with a ``common_mode``
+    C(|u|) raising both targets, (∂g⁺/∂u, ∂g⁻/∂u) per weight (S; None without one)."""
     v = tile.weights * (tile.gain / scale[tile.column])
     u = np.clip(v, -1.0, 1.0)
     n = u.size
-    g_t = np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * stat.g_max
+    g_max = stat.g_max
+    g_t = np.concatenate([np.maximum(u, 0.0).ravel(), np.maximum(-u, 0.0).ravel()]) * g_max
+    if len(common_mode):
+        c, dc = common_mode_conductance(common_mode, np.abs(u))
+        g_t = g_t + np.tile(c.ravel(), 2)
     g, dg = device_read(g_t, draws.prog, draws.nu, read_xi, t, stat)
-    u_read = ((g[:n] - g[n:]) / stat.g_max).reshape(u.shape)
-    du = np.where(u >= 0, dg[:n].reshape(u.shape), dg[n:].reshape(u.shape))
-    return u_read, du, v, np.abs(v) < 1.0, g
+    u_read = ((g[:n] - g[n:]) / g_max).reshape(u.shape)
+    if not len(common_mode):
+        du = np.where(u >= 0, dg[:n].reshape(u.shape), dg[n:].reshape(u.shape))
+        return u_read, du, v, np.abs(v) < 1.0, g, None
+    positive = u >= 0
+    dc_du = np.where(positive, dc, -dc)  # C(|u|) moves both targets
+    dgp_du = dg[:n].reshape(u.shape) * (np.where(positive, g_max, 0.0) + dc_du)
+    dgm_du = dg[n:].reshape(u.shape) * (np.where(positive, 0.0, -g_max) + dc_du)
+    return u_read, (dgp_du - dgm_du) / g_max, v, np.abs(v) < 1.0, g, (dgp_du, dgm_du)
 
 
 def _tile_forward(tile: TileMap, scale, r, rows, u_read, hw: Hardware, g=None):
@@ -277,16 +292,20 @@ def _tile_forward(tile: TileMap, scale, r, rows, u_read, hw: Hardware, g=None):
     return a, x_q, c, c_q, r * tile.combine(c_q, scale)
 
 
-def _wired_vjp(g, positive, x_q, g_c, hw: Hardware):
-    """(∂L/∂ũ per weight, ∂L/∂x_q) of the resistive array from ∂L/∂c = ``g_c``, by the exact
-    adjoint of ``crossbar.column_currents`` (its reciprocal read). The target of a weight
-    with u ≥ 0 (``positive``) is on G⁺, otherwise on G⁻, so its ∂L/∂ũ, ũ = (G⁺ − G⁻)/g_max,
-    is g_max·∂L/∂G⁺ or −g_max·∂L/∂G⁻; the device derivative is applied by the caller."""
+def _wired_vjp(g, positive, x_q, g_c, hw: Hardware, pair_du=None):
+    """(∂L/∂u per weight or its part before the device derivative, ∂L/∂x_q) of the resistive
+    array from ∂L/∂c = ``g_c``, by the exact adjoint of ``crossbar.column_currents`` (its
+    reciprocal read). Without a common mode the target of a weight with u ≥ 0
+    (``positive``) is on G⁺, otherwise on G⁻, so its ∂L/∂ũ, ũ = (G⁺ − G⁻)/g_max, is
+    g_max·∂L/∂G⁺ or −g_max·∂L/∂G⁻ and the caller applies the device derivative; with one
+    (``pair_du`` = (∂G⁺/∂u, ∂G⁻/∂u)) both devices move and ∂L/∂u is returned whole."""
     n = positive.size
     g_max = hw.stat.g_max
     _, d_plus, d_minus, g_x = crossbar.column_currents_vjp(
         g[:n].reshape(positive.shape), g[n:].reshape(positive.shape), x_q, hw.periphery,
         g_c / (hw.periphery.v_read * g_max))
+    if pair_du is not None:
+        return d_plus * pair_du[0] + d_minus * pair_du[1], g_x
     return np.where(positive, g_max * d_plus, -g_max * d_minus), g_x
 
 
@@ -316,13 +335,14 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
     stat = hw.stat
     scales = [t.scale for t in tiles] if scales is None else scales
     ranges = [t.input_range for t in tiles] if ranges is None else ranges
-    reads = [_read_weights(t, s, d, t_target, d.read_target, stat)
+    reads = [_read_weights(t, s, d, t_target, d.read_target, stat, hw.common_mode)
              for t, s, d in zip(tiles, scales, draws)]
     if alphas is None:
         alphas = []
         for tile, s, r, d, rd in zip(tiles, scales, ranges, draws, reads):
             cal_rows = rows_calibration[tile.layer]
-            cal = _read_weights(tile, s, d, hw.t_calibrate, d.read_calibrate, stat)
+            cal = _read_weights(tile, s, d, hw.t_calibrate, d.read_calibrate, stat,
+                                hw.common_mode)
             level = _level(tile, s, r, cal_rows, rd[0], hw, rd[4])
             reference = _level(tile, s, r, cal_rows, cal[0], hw, cal[4])
             alphas.append(reference / level if level > 0 else 1.0)
@@ -366,7 +386,7 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
         d_rows = None
         for i, a, x_q, c, c_q, out in by_layer.get(k, []):
             tile, s, r, alpha = tiles[i], scales[i], ranges[i], alphas[i]
-            u_read, du, v, inside_w, g_read = reads[i]
+            u_read, du, v, inside_w, g_read, pair_du = reads[i]
             gy = dz[:, tile.col0:tile.col0 + tile.n_cols]
             gy_p = gy[:, tile.column]
             g_range[i] += float(np.sum(gy * out)) / r
@@ -376,8 +396,8 @@ def objective(net, tiles: list[TileMap], hw: Hardware, x, y, rows_calibration, d
             factor = tile.factors(s)
             g_c = alpha * r * gy_p * factor * (np.abs(c) < hw.adc_range)
             if hw.periphery.ir_drop:
-                g_u, g_x = _wired_vjp(g_read, v >= 0, x_q, g_c, hw)
-                g_u = g_u * du * inside_w
+                g_u, g_x = _wired_vjp(g_read, v >= 0, x_q, g_c, hw, pair_du)
+                g_u = (g_u if pair_du is not None else g_u * du) * inside_w
             else:
                 g_u = (x_q.T @ g_c) * du * inside_w
                 g_x = g_c @ u_read.T

@@ -320,6 +320,12 @@ class NoiseModel:
             1/f read noise.
         scale: dimensionless multiplier of σ (1 = the device model; noise-injection practice
             sometimes trains at a larger σ).
+        common_mode: coefficients c_k (S) of C(|u|) = Σ_k c_k·|u|^k, the conductance both
+            devices of a pair carry on top of their targets (|u| = g_T/g_max, the pair's
+            weight): G⁺ is programmed to g_T + C, G⁻ to C, each with its own noise at its own
+            conductance. Empty (the default): none, G⁻ at 0. A pair-level property of how
+            the chip was programmed (GDP leaves one; :func:`scenarios.inference.
+            characterise_programming` measures it), not of the device preset.
     """
 
     device: pcm.StatisticalModel = field(default_factory=lambda: pcm.JOSHI_2020)
@@ -328,12 +334,35 @@ class NoiseModel:
     drift: bool = True
     read: bool = True
     scale: float = 1.0
+    common_mode: tuple[float, ...] = ()
 
     def __post_init__(self):
         if not (np.isfinite(self.t_inference) and self.t_inference >= 0.0):
             raise ValueError(f"t_inference must be >= 0 s, got {self.t_inference!r}")
         if not (np.isfinite(self.scale) and self.scale >= 0.0):
             raise ValueError(f"scale must be >= 0, got {self.scale!r}")
+        check_common_mode(self.common_mode)
+
+
+def common_mode_conductance(coeff, u_abs) -> tuple[np.ndarray, np.ndarray]:
+    """(C(|u|), dC/d|u|) in S of the common-mode polynomial ``coeff`` (S, in powers of |u|);
+    zeros for an empty one."""
+    u_abs = np.asarray(u_abs, dtype=np.float64)
+    coeff = np.asarray(coeff, dtype=np.float64)
+    if coeff.size == 0:
+        return np.zeros_like(u_abs), np.zeros_like(u_abs)
+    return (np.polynomial.polynomial.polyval(u_abs, coeff),
+            np.polynomial.polynomial.polyval(u_abs, np.polynomial.polynomial.polyder(coeff)))
+
+
+def check_common_mode(coeff) -> tuple[float, ...]:
+    """``coeff`` as a tuple of floats; ValueError unless finite and C(|u|) ≥ 0 on [0, 1]."""
+    coeff = tuple(float(c) for c in coeff)
+    if not all(math.isfinite(c) for c in coeff):
+        raise ValueError(f"common_mode coefficients must be finite, got {coeff}")
+    if coeff and np.min(common_mode_conductance(coeff, np.linspace(0.0, 1.0, 1001))[0]) < 0.0:
+        raise ValueError(f"common_mode C(|u|) must be >= 0 S on 0 <= |u| <= 1, got {coeff}")
+    return coeff
 
 
 _SQRT2 = math.sqrt(2.0)
@@ -391,14 +420,23 @@ def _device_moments(g_target, g_max, coeff, coeff_g_ref, model_id, prog_scale, d
 
 @njit(cache=True)
 def _pair_sigma(g_target, out, g_max, coeff, coeff_g_ref, model_id, prog_scale, drift_scale,
-                drift_log, read_scale, read_growth, programming, drift, read):
-    """σ of G⁺ − G⁻ (S) for G⁺ programmed to each ``g_target`` and G⁻ to 0."""
+                drift_log, read_scale, read_growth, programming, drift, read, common):
+    """σ of G⁺ − G⁻ (S) for G⁺ programmed to each ``g_target`` + C and G⁻ to C, with
+    C = Σ_k common[k]·(g_target/g_max)^k (0 for an empty ``common``)."""
     z1, z2 = _device_moments(0.0, g_max, coeff, coeff_g_ref, model_id, prog_scale,
                              drift_scale, drift_log, read_scale, read_growth, programming,
                              drift, read)
     var_zero = max(z2 - z1 * z1, 0.0)
     for i in range(g_target.size):
-        m1, m2 = _device_moments(g_target[i], g_max, coeff, coeff_g_ref, model_id,
+        c = 0.0
+        for k in range(common.size - 1, -1, -1):
+            c = c * (g_target[i] / g_max) + common[k]
+        if common.size:
+            z1, z2 = _device_moments(c, g_max, coeff, coeff_g_ref, model_id, prog_scale,
+                                     drift_scale, drift_log, read_scale, read_growth,
+                                     programming, drift, read)
+            var_zero = max(z2 - z1 * z1, 0.0)
+        m1, m2 = _device_moments(g_target[i] + c, g_max, coeff, coeff_g_ref, model_id,
                                  prog_scale, drift_scale, drift_log, read_scale, read_growth,
                                  programming, drift, read)
         out[i] = math.sqrt(max(m2 - m1 * m1, 0.0) + var_zero)
@@ -433,7 +471,8 @@ def device_moments(g_target, noise: NoiseModel) -> tuple[np.ndarray, np.ndarray]
 
 def conductance_sigma(g_target, noise: NoiseModel) -> np.ndarray:
     """σ_g(g_T, t) in S: std of G⁺ − G⁻ of a differential pair with G⁺ at ``g_target`` and
-    G⁻ at 0 (the mapping of physics/crossbar.py), times ``noise.scale``."""
+    G⁻ at 0 (the mapping of physics/crossbar.py), both raised by ``noise.common_mode``,
+    times ``noise.scale``."""
     d = noise.device
     g = np.asarray(g_target, dtype=np.float64)
     flat = np.ascontiguousarray(g.ravel())
@@ -441,7 +480,8 @@ def conductance_sigma(g_target, noise: NoiseModel) -> np.ndarray:
     drift_log, growth = _time_terms(noise)
     _pair_sigma(flat, out, d.g_max, np.asarray(d.prog_coeff, dtype=np.float64),
                 d.prog_coeff_g_ref, d.model_id, d.prog_noise_scale, d.drift_scale, drift_log,
-                d.read_noise_scale, growth, noise.programming, noise.drift, noise.read)
+                d.read_noise_scale, growth, noise.programming, noise.drift, noise.read,
+                np.asarray(noise.common_mode, dtype=np.float64))
     return out.reshape(g.shape) * noise.scale
 
 

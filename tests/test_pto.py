@@ -203,21 +203,24 @@ def test_bad_settings_are_rejected(batch):
                         dataclasses.replace(pcm.JOSHI_2020, kind="yet_another_pcm"))
 
 
+@pytest.mark.parametrize("common_mode", [(), (6e-6, -4e-6)], ids=["pairs", "common_mode"])
 @pytest.mark.parametrize("r_wire", [0.0, 4.0])
 @pytest.mark.parametrize("preset", [pcm.JOSHI_2020, pcm.HERMES_2023], ids=lambda s: s.kind)
-def test_tile_model_with_the_chips_draws_is_the_harness(preset, r_wire):
+def test_tile_model_with_the_chips_draws_is_the_harness(preset, r_wire, common_mode):
     """With the normals of a programmed chip (pto.chip_draws at the harness's read counters)
     the tile model's cross-entropy equals that of the harness's logits (scenarios.inference
     evaluate path: DAC/ADC through crossbar.tile_mvm, global drift compensation against the
     reference read at t_calibrate): PTO optimises the objective the chips are scored on, on
-    either device preset, and with wire resistance on the same resistive array."""
+    either device preset, with wire resistance on the same resistive array, and with a
+    common-mode conductance C(|u|) on both devices of every pair."""
     net = small_net("cnn", 5)
     gen = np.random.default_rng(8)
     x, y = gen.uniform(0, 1, (48, 64)), gen.integers(0, 10, 48)
     periphery = crossbar.Periphery(dac_bits=8, adc_bits=8, adc_full_scale=50e-6,
                                    r_wire_row=r_wire, r_wire_col=r_wire,
                                    ir_drop_solver="exact")
-    hw = inference.Hardware(stat=preset, periphery=periphery, tile_rows=40, tile_cols=8)
+    hw = inference.Hardware(stat=preset, periphery=periphery, tile_rows=40, tile_cols=8,
+                            common_mode=common_mode)
     rows = inference.layer_rows(net, x[:16])
     tiles = inference.map_network(net, hw, rows, "fixed")
     t, device_seed, counter = 86400.0, 7, inference._READ_COUNTER0 + 3
@@ -344,6 +347,52 @@ def test_wire_aware_gradients_match_finite_differences_of_the_resistive_objectiv
     scale = np.max(np.abs(fd))
     np.testing.assert_allclose(adjoint, fd, rtol=1e-4, atol=1e-6 * scale)
     assert np.max(np.abs(blind - fd)) > 1e-2 * scale
+
+
+@pytest.mark.parametrize("r_wire", [0.0, 16.0])
+def test_range_gradients_with_a_common_mode_match_finite_differences(batch, r_wire):
+    """With a common mode C(|u|) = 8 − 6|u| µS on both devices of every pair, a column scale
+    moves both targets of each of its pairs (through C) and the gradient must follow both,
+    on an ideal array and through the wires' adjoint: ∂J/∂ln s and ∂J/∂ln r against central
+    differences (rel 1e-4; dropping dC/d|u| from the gradient fails this)."""
+    x, y = batch
+    net = small_net("mlp")
+    periphery = crossbar.Periphery(dac_bits=0, adc_bits=0, adc_full_scale=2 * 0.2 * 25e-6,
+                                   r_wire_row=r_wire, r_wire_col=r_wire, ir_drop_solver="exact")
+    hw = inference.Hardware(periphery=periphery, tile_rows=64, tile_cols=12,
+                            common_mode=(8e-6, -6e-6))
+    rows = inference.layer_rows(net, x)
+    tiles = inference.map_network(net, hw, rows, "fixed")
+    tiles = inference.with_ranges(tiles, [t.scale * 0.83 for t in tiles],
+                                  [t.input_range * 0.71 for t in tiles])
+    draws = pto.draw_tiles(tiles, 5, 1)
+    obj = pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0)
+    log_s = [np.log(t.scale) for t in tiles]
+    log_r = [np.log(t.input_range) for t in tiles]
+
+    def value(ls, lr):
+        return pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0,
+                             [np.exp(v) for v in ls], [float(np.exp(v)) for v in lr],
+                             alphas=obj.alphas, grad=False).loss
+
+    h = 1e-5
+    fd, analytic = [], []
+    for i in range(len(tiles)):
+        for j in range(0, log_s[i].size, 2):
+            up = [v.copy() for v in log_s]
+            down = [v.copy() for v in log_s]
+            up[i][j] += h
+            down[i][j] -= h
+            fd.append((value(up, log_r) - value(down, log_r)) / (2 * h))
+            analytic.append(obj.grad_log_scale[i][j])
+        up, down = list(log_r), list(log_r)
+        up[i] += h
+        down[i] -= h
+        fd.append((value(log_s, up) - value(log_s, down)) / (2 * h))
+        analytic.append(obj.grad_log_range[i])
+    fd, analytic = np.array(fd), np.array(analytic)
+    scale = np.max(np.abs(fd))
+    np.testing.assert_allclose(analytic, fd, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_pto_ignores_the_wires_unless_told(batch):

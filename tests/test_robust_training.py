@@ -250,6 +250,25 @@ def test_sigma_limits():
                        expected / m.g_max, rtol=1e-3)
 
 
+def test_common_mode_pair_sigma_is_two_devices_at_their_raised_targets():
+    """With C(|u|) on both devices the pair's variance is the sum of the single-device
+    variances at g_T + C and at C (device_moments, the same closed form); an empty common
+    mode is the G⁻-at-0 pair exactly; C must be finite and ≥ 0 on [0, 1]."""
+    g = np.linspace(0.0, 25e-6, 11)
+    common = (6e-6, -4e-6, 1e-6)
+    plain = rt.NoiseModel(t_inference=DAY)
+    raised = rt.NoiseModel(t_inference=DAY, common_mode=common)
+    c = np.polynomial.polynomial.polyval(g / 25e-6, common)
+    expected = np.sqrt(rt.device_moments(g + c, plain)[1] + rt.device_moments(c, plain)[1])
+    np.testing.assert_allclose(rt.conductance_sigma(g, raised), expected, rtol=1e-12)
+    assert np.all(rt.conductance_sigma(g, raised) > rt.conductance_sigma(g, plain))
+    pair_at_zero = np.sqrt(rt.device_moments(g, plain)[1] + rt.device_moments(0.0 * g, plain)[1])
+    np.testing.assert_allclose(rt.conductance_sigma(g, plain), pair_at_zero, rtol=1e-12)
+    for bad in ((1e-6, -2e-6), (float("nan"),)):
+        with pytest.raises(ValueError, match="common_mode"):
+            rt.NoiseModel(common_mode=bad)
+
+
 @pytest.mark.parametrize("device,t", [(pcm.JOSHI_2020, DAY), (pcm.JOSHI_2020, YEAR),
                                       (pcm.HERMES_2023, DAY)])
 def test_device_moments_match_monte_carlo_of_the_pcm_kernels(device, t):
