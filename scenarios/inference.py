@@ -555,7 +555,10 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     the mean of the target-0 device (:func:`_common_mode_fit`; none where the data do not
     call for one, as for the statistical model's own programming, whose target-0 device sits
     at its rectified noise). The two fits alternate three times: C given σ_prog (the preset's
-    first), σ_prog given C.
+    first), σ_prog given C. Limitation: GDP's common mode depends on what else a tile holds
+    (more than twice as large at target 0 among uniformly spread weights as among mostly
+    small ones, tested), so these uniform levels overstate it for a trained network's tiles;
+    characterising on copies of the network's own mapping would not, and is not done here.
 
     **Programming noise.** The fit keeps the preset's functional form: σ_prog(g) =
     max(P(g/g_max), 0) with P a polynomial (coefficients in S at g_ref = g_max), applied

@@ -587,6 +587,35 @@ def test_gdp_programmed_chip_reproduces_each_tiles_mvm(images):
         inference.program(tiles, hw.stat, 3, hw.programming)
 
 
+def test_gdp_common_mode_depends_on_what_else_the_tile_holds():
+    """GDP raises both devices of a pair, and by how much depends on the rest of the tile:
+    the pairs with target 0 on a 64 × 64 tile whose other weights are spread uniformly over
+    [0, 1] end with more than twice the conductance of the same pairs on a tile of mostly
+    small weights (|u| ~ |N(0, 0.15²)|, as a trained network's), on the same devices. A
+    characterisation tile with uniform levels therefore overstates the common mode of a
+    network's tiles (scenarios/inference_characterised.toml)."""
+    gen = np.random.default_rng(5)
+    rows = cols = 64
+    hw = inference.Hardware(tile_rows=rows, tile_cols=cols,
+                            programming=inference.Programming(method="gdp"))
+    zero = gen.random((rows, cols)) < 0.2
+    sign = np.where(gen.random((rows, cols)) < 0.5, -1.0, 1.0)
+    ones = np.ones(cols)
+    common = {}
+    for name, magnitude in (("uniform", gen.uniform(0.0, 1.0, (rows, cols))),
+                            ("small", np.minimum(np.abs(gen.normal(0.0, 0.15, (rows, cols))),
+                                                 1.0))):
+        u = np.where(zero, 0.0, sign * magnitude)
+        tile = inference.TileMap(layer=0, row0=0, col0=0, n_cols=cols, weights=u, gain=ones,
+                                 share=ones, column=np.arange(cols), scale=ones,
+                                 input_range=1.0)
+        chip, = inference.program([tile], hw.stat, 123, hw.programming, hw.periphery)
+        g_plus, g_minus = chip.g_prog.reshape(2, rows, cols)
+        common[name] = float(np.mean(np.where(u >= 0, g_minus, g_plus)[zero]))
+    assert common["small"] > 0.5e-6  # GDP leaves a common mode on either tile
+    assert common["uniform"] > 2.0 * common["small"]
+
+
 def test_evaluation_reads_never_repeat_a_programming_loops_draws(gdp_loops, images):
     """GDP reads the devices (READ stream) at counters counter0 + 1 + k while it programs;
     the harness reads the deployed chip at _READ_COUNTER0 + 1 + k. If the two ranges met, a
