@@ -24,7 +24,8 @@ one pass over the 450 test images (``--quick``: 100):
 * ``PTO iteration``: one objective and gradient of PTO on the 256 calibration images
   (per-iteration device draws included); the same with ``[inference.pto] wires = true`` on
   a 4 Ω-per-cell array (every tile's currents solved as the resistive network, relaxed
-  solver to 1e-6 of full scale, at the target and calibration reads).
+  solver to 1e-6 of full scale, at the target and calibration reads, and the gradient by
+  the array's adjoint: two more solves, the read and its reciprocal, with node voltages).
 
 Ratios are time / the numpy forward's time, measured in the same process (``bench_pcm.Bench``:
 one untimed warm-up, best of ``--repeats`` interleaved rounds). Nothing asserts on wall time.
