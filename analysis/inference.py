@@ -40,45 +40,63 @@ def _time_label(t: float) -> str:
     return f"{t:g} s"
 
 
-def _characterisation_us(trace: Trace) -> dict:
+def _characterisation_prefix(trace: Trace, arch: str) -> str | None:
+    """Series-name prefix of ``arch``'s programming characterisation ("characterisation_"
+    in traces with one for the whole study), None without one."""
+    names = trace.series_names()
+    for prefix in (f"characterisation_{arch}_", "characterisation_"):
+        if f"{prefix}sigma" in names:
+            return prefix
+    return None
+
+
+def _characterisation_us(trace: Trace, prefix: str) -> dict:
     """The programming characterisation's per-level σ, its standard error, the mean error,
     the refitted and preset σ, and (traces that hold them) the mean of the target-0 device,
-    the model's, and the fitted common mode C, in µS."""
+    the model's, and the fitted common mode C, in µS (NaN: a level not measured)."""
     names = trace.series_names()
-    return {what: trace.series(f"characterisation_{what}").data[-1] * 1e6
+    return {what: trace.series(f"{prefix}{what}").data[-1] * 1e6
             for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset", "low",
                          "low_fitted", "common_mode_levels")
-            if f"characterisation_{what}" in names}
+            if f"{prefix}{what}" in names}
 
 
 def characterisation_lines(trace: Trace) -> list[str]:
     """What the programming characterisation measured and the noise model refitted to it
-    (``[inference] noise_model = "characterised"``), a row every fourth level; [] without."""
-    if "characterisation_sigma" not in trace.series_names():
-        return []
-    levels = trace.series("characterisation_levels").data[-1]
-    got = _characterisation_us(trace)
-    chi2 = trace.metrics()["characterisation_chi2_dof"][0]
-    coeff = [float(c) * 1e6 for c in trace.attrs["characterisation_prog_coeff"]]
-    common = [float(c) * 1e6 for c in trace.attrs.get("characterisation_common_mode", [])]
-    low = "low" in got
-    lines = ["  programming characterised on a tile of its own; the noise-aware methods assume "
-             "the refitted model",
-             f"    sigma_prog(g) = max(P(g/g_max), 0), P of degree {len(coeff) - 1}, "
-             f"chi^2/dof {chi2:.2f}"]
-    if low:
-        lines.append("    common mode C(|u|) on both devices of a pair: "
-                     + (f"polynomial of degree {len(common) - 1}, C(0) = {common[0]:.2f} µS"
-                        if common else "none (the target-0 device sits at its own noise)"))
-    lines.append(f"    {'|u|':>6}{'measured σ (µS)':>20}{'fitted':>9}{'preset':>9}"
-                 f"{'bias (µS)':>11}" + (f"{'G at 0 (µS)':>13}{'model':>8}" if low else ""))
-    for k in range(0, levels.size, 4):
-        row = (f"    {levels[k]:>6.3f}{got['sigma'][k]:>12.3f} ± {got['sigma_se'][k]:.3f}"
-               f"{got['sigma_fitted'][k]:>9.3f}{got['sigma_preset'][k]:>9.3f}"
-               f"{got['bias'][k]:>+11.3f}")
+    (``[inference] noise_model = "characterised"``), per architecture, a row every fourth
+    measured level; [] without."""
+    lines = []
+    for arch in _names(trace, "inference_architectures"):
+        prefix = _characterisation_prefix(trace, arch)
+        if prefix is None or (prefix == "characterisation_" and lines):
+            continue
+        levels = trace.series(f"{prefix}levels").data[-1]
+        got = _characterisation_us(trace, prefix)
+        chi2 = trace.metrics()[f"{prefix}chi2_dof"][0]
+        coeff = [float(c) * 1e6 for c in trace.attrs[f"{prefix}prog_coeff"]]
+        common = [float(c) * 1e6 for c in trace.attrs.get(f"{prefix}common_mode", [])]
+        low = "low" in got
+        where = ("copies of its SGD network's mapping" if prefix != "characterisation_"
+                 else "a tile of its own")
+        lines += [f"  {arch if prefix != 'characterisation_' else 'all'}: programming "
+                  f"characterised on {where}, devices of their own; the noise-aware methods "
+                  "assume the refitted model",
+                  f"    sigma_prog(g) = max(P(g/g_max), 0), P of degree {len(coeff) - 1}, "
+                  f"chi^2/dof {chi2:.2f}"]
         if low:
-            row += f"{got['low'][k]:>13.3f}{got['low_fitted'][k]:>8.3f}"
-        lines.append(row)
+            lines.append("    common mode C(|u|) on both devices of a pair: "
+                         + (f"polynomial of degree {len(common) - 1}, C(0) = {common[0]:.2f} µS"
+                            if common else "none (the target-0 device sits at its own noise)"))
+        lines.append(f"    {'|u|':>6}{'measured σ (µS)':>20}{'fitted':>9}{'preset':>9}"
+                     f"{'bias (µS)':>11}" + (f"{'G at 0 (µS)':>13}{'model':>8}" if low else ""))
+        measured = np.flatnonzero(np.isfinite(got["sigma"]))
+        for k in measured[::4]:
+            row = (f"    {levels[k]:>6.3f}{got['sigma'][k]:>12.3f} ± {got['sigma_se'][k]:.3f}"
+                   f"{got['sigma_fitted'][k]:>9.3f}{got['sigma_preset'][k]:>9.3f}"
+                   f"{got['bias'][k]:>+11.3f}")
+            if low:
+                row += f"{got['low'][k]:>13.3f}{got['low_fitted'][k]:>8.3f}"
+            lines.append(row)
     return lines
 
 
@@ -440,13 +458,13 @@ def pooled_figure(path, names: list[str], out) -> bool:
     return True
 
 
-def _characterisation_panel(ax, trace: Trace) -> None:
+def _characterisation_panel(ax, trace: Trace, prefix: str, arch: str) -> None:
     """Programming characterisation: measured σ of the weight error per target level (±2
     standard errors), the refitted model the noise-aware methods assume, the preset's fit,
     and the measured mean error."""
-    u = trace.series("characterisation_levels").data[-1]
-    got = _characterisation_us(trace)
-    chi2 = trace.metrics()["characterisation_chi2_dof"][0]
+    u = trace.series(f"{prefix}levels").data[-1]
+    got = _characterisation_us(trace, prefix)
+    chi2 = trace.metrics()[f"{prefix}chi2_dof"][0]
     ax.errorbar(u, got["sigma"], yerr=2.0 * got["sigma_se"], fmt="o", ms=3, color="black",
                 label="measured σ (± 2 s.e.)")
     ax.plot(u, got["sigma_fitted"], "-", color="tab:blue",
@@ -456,8 +474,8 @@ def _characterisation_panel(ax, trace: Trace) -> None:
     ax.axhline(0.0, color="0.8", lw=0.8)
     ax.set_xlabel("target |u| = |G⁺ − G⁻| / g_max")
     ax.set_ylabel("programmed weight error, G⁺ − G⁻ − u·g_max (µS)")
-    ax.set_title(f"programming characterisation "
-                 f"({trace.attrs.get('inference_programming', 'statistical')})")
+    ax.set_title(f"{arch + ': ' if prefix != 'characterisation_' else ''}programming "
+                 f"characterisation ({trace.attrs.get('inference_programming', 'statistical')})")
     handles, labels = ax.get_legend_handles_labels()
     if "low" in got:
         right = ax.twinx()
@@ -487,14 +505,17 @@ def figure(trace: Trace, out) -> None:
 
     rows = accuracy_table(trace)
     archs = _names(trace, "inference_architectures")
-    characterised = "characterisation_sigma" in trace.series_names()
+    prefixes = [_characterisation_prefix(trace, arch) for arch in archs]
+    characterised = any(p is not None for p in prefixes)
     n_rows = 3 if characterised else 2
     fig, axes = plt.subplots(n_rows, len(archs), figsize=(6.5 * len(archs), 4.5 * n_rows),
                              constrained_layout=True, squeeze=False)
     if characterised:
-        _characterisation_panel(axes[2][0], trace)
-        for ax in axes[2][1:]:
-            ax.set_axis_off()
+        for ax, arch, prefix in zip(axes[2], archs, prefixes):
+            if prefix is None or (prefix == "characterisation_" and ax is not axes[2][0]):
+                ax.set_axis_off()
+            else:
+                _characterisation_panel(ax, trace, prefix, arch)
     for ax, arch in zip(axes[0], archs):
         _accuracy_panel(ax, [r for r in rows if r["architecture"] == arch],
                         f"{arch}: mean ± std over {len(rows[0]['seeds'])} device seeds")

@@ -744,8 +744,9 @@ class InferenceSection:
     [device.pulse] model under the ``verify`` program-and-verify controller) or "gdp"
     (gradient-descent programming, ``gdp``). ``noise_model``: the programming noise that
     noise injection, HA-SGD and PTO assume — "preset", the device model's fit, or
-    "characterised", refitted to a characterisation tile programmed by the chip's own
-    ``programming`` (scenarios.inference.characterise_programming)."""
+    "characterised", refitted (with the common-mode conductance of a pair) to copies of the
+    SGD network's tiles programmed by the chip's own ``programming``
+    (scenarios.inference.characterise_programming)."""
 
     architectures: tuple[Literal["mlp", "cnn"], ...] = ("mlp", "cnn")
     hidden: tuple[int, ...] = (64,)

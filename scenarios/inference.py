@@ -447,14 +447,15 @@ def program(tiles: list[TileMap], stat: pcm.StatisticalModel, device_seed: int,
 
 NOISE_MODELS = ("preset", "characterised")
 CHARACTERISATION_LEVELS = 33  # ~2000 pairs a level: σ to 1.6 %
-CHARACTERISATION_PAIRS = 65536  # one 256 x 256 tile, or as many smaller tiles as hold it
+CHARACTERISATION_PAIRS = 65536  # as many tiles (or network copies) as hold it
 
 
 @dataclass(frozen=True)
 class ProgrammingFit:
     """What :func:`characterise_programming` measured and fitted. Per level |u| (fraction of
     g_max): ``sigma`` the standard deviation of the programmed weight error
-    e = G⁺ − G⁻ − u·g_max (S) over ``pairs_per_level`` pairs, ``sigma_se`` its standard
+    e = G⁺ − G⁻ − u·g_max (S) over at least ``pairs_per_level`` pairs (NaN for a level with
+    fewer than 8), ``sigma_se`` its standard
     error (S), ``bias`` the mean of e in the weight's direction (S); ``sigma_fitted`` and
     ``sigma_preset`` what the fitted and the preset programming-noise models predict (S);
     ``stat`` the preset with the fitted coefficients; ``chi2_dof`` χ²/(levels − coefficients)
@@ -532,8 +533,8 @@ def _common_mode_fit(levels, low, low_se, stat: pcm.StatisticalModel, max_degree
 
 
 def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISATION_LEVELS,
-                             max_degree: int = 8, pairs: int = CHARACTERISATION_PAIRS
-                             ) -> ProgrammingFit:
+                             max_degree: int = 8, pairs: int = CHARACTERISATION_PAIRS,
+                             tiles: list[TileMap] | None = None) -> ProgrammingFit:
     """Characterise the chip's programming and refit the preset's programming-noise model to
     it, as Joshi et al. (2020) fitted σ_prog(g_T) to their own iterative programming.
 
@@ -542,11 +543,16 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     get targets u = ±|u|_k, the ``levels`` values |u|_k evenly spaced on [0, 1] assigned in
     equal numbers at random, with random signs, and are programmed by the chip's own method
     (``hw.programming``: statistical, program-and-verify or GDP through a DAC range of 1,
-    tile k on the devices of ``network.tile_seed(seed, k)``). From the programmed
+    tile k on the devices of ``network.tile_seed(seed, k)``). With ``tiles`` (a network's
+    mapped tiles) the characterisation instead programs as many copies of those tiles as
+    hold ``pairs`` pairs, on devices of their own, and bins every pair by its |u| to the
+    nearest of the ``levels`` levels (levels with fewer than 8 pairs are not measured: NaN):
+    a programming whose outcome depends on what else a tile holds (GDP's common mode does)
+    is then characterised on the tiles it will program. From the programmed
     conductances (the states the devices reached, before any drift or read noise) the weight
     error of every pair is
     e = G⁺ − G⁻ − u·g_max; per level its standard deviation σ_k and standard error
-    σ_k/sqrt(2(n − 1)), and the mean and standard error of the device whose target is 0.
+    σ_k/sqrt(2(n_k − 1)), and the mean and standard error of the device whose target is 0.
 
     **Common mode.** A programming that leaves conductance in both devices of a pair (GDP
     raises both; at |u| = 0 by about half of g_max on the default chip) adds the drift and
@@ -555,10 +561,9 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     the mean of the target-0 device (:func:`_common_mode_fit`; none where the data do not
     call for one, as for the statistical model's own programming, whose target-0 device sits
     at its rectified noise). The two fits alternate three times: C given σ_prog (the preset's
-    first), σ_prog given C. Limitation: GDP's common mode depends on what else a tile holds
-    (more than twice as large at target 0 among uniformly spread weights as among mostly
-    small ones, tested), so these uniform levels overstate it for a trained network's tiles;
-    characterising on copies of the network's own mapping would not, and is not done here.
+    first), σ_prog given C. GDP's common mode depends on what else a tile holds (more than
+    twice as large at target 0 among uniformly spread weights as among mostly small ones,
+    tested), so uniform levels overstate it for a trained network's tiles: pass ``tiles``.
 
     **Programming noise.** The fit keeps the preset's functional form: σ_prog(g) =
     max(P(g/g_max), 0) with P a polynomial (coefficients in S at g_ref = g_max), applied
@@ -581,39 +586,54 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     stat, g_max = hw.stat, hw.stat.g_max
     if levels < len(stat.prog_coeff) + 2:
         raise ValueError(f"characterisation needs at least {len(stat.prog_coeff) + 2} levels")
-    if pairs < 8 * levels:
-        raise ValueError(f"characterisation needs at least 8 pairs a level, got {pairs} pairs "
-                         f"for {levels} levels")
-    gen = np.random.default_rng(seed)
-    rows, cols = hw.tile_rows, hw.tile_cols
-    n_tiles = -(-pairs // (rows * cols))  # as many of the chip's tiles as hold ``pairs``
-    level_of = gen.permutation(np.arange(n_tiles * rows * cols) % levels).reshape(
-        n_tiles, rows, cols)
     magnitude = np.linspace(0.0, 1.0, levels)
-    sign = np.where(gen.random(level_of.shape) < 0.5, -1.0, 1.0)
-    u = sign * magnitude[level_of]
-    ones = np.ones(cols)
-    tiles = [TileMap(layer=0, row0=0, col0=0, n_cols=cols, weights=u[k], gain=ones,
-                     share=ones, column=np.arange(cols), scale=ones, input_range=1.0)
-             for k in range(n_tiles)]
-    half = rows * cols
-    chips = program(tiles, stat, seed, hw.programming, hw.periphery, hw.common_mode)
-    g_plus = np.stack([chip.g_prog[:half] for chip in chips]).reshape(u.shape)
-    g_minus = np.stack([chip.g_prog[half:] for chip in chips]).reshape(u.shape)
+    if tiles is None:
+        if pairs < 8 * levels:
+            raise ValueError(f"characterisation needs at least 8 pairs a level, got {pairs} "
+                             f"pairs for {levels} levels")
+        gen = np.random.default_rng(seed)
+        rows, cols = hw.tile_rows, hw.tile_cols
+        n_tiles = -(-pairs // (rows * cols))  # as many of the chip's tiles as hold ``pairs``
+        level_of = gen.permutation(np.arange(n_tiles * rows * cols) % levels).reshape(
+            n_tiles, rows, cols)
+        sign = np.where(gen.random(level_of.shape) < 0.5, -1.0, 1.0)
+        u = sign * magnitude[level_of]
+        ones = np.ones(cols)
+        copies = [TileMap(layer=0, row0=0, col0=0, n_cols=cols, weights=u[k], gain=ones,
+                          share=ones, column=np.arange(cols), scale=ones, input_range=1.0)
+                  for k in range(n_tiles)]
+    else:
+        per_copy = sum(t.weights.size for t in tiles)
+        copies = list(tiles) * -(-pairs // per_copy)
+    chips = program(copies, stat, seed, hw.programming, hw.periphery, hw.common_mode)
+    u = np.concatenate([chip.tile.targets().ravel() for chip in chips])
+    g_plus = np.concatenate([chip.g_prog[:chip.g_prog.size // 2] for chip in chips])
+    g_minus = np.concatenate([chip.g_prog[chip.g_prog.size // 2:] for chip in chips])
+    level_of = np.rint(np.abs(u) * (levels - 1)).astype(np.int64)
     error = g_plus - g_minus - u * g_max
     along = np.where(u < 0.0, -error, error)  # positive: |weight| programmed too large
     low_device = np.where(u < 0.0, g_plus, g_minus)
-    n = level_of.size // levels  # every level holds n or n + 1 pairs
-    sigma = np.array([error[level_of == k].std(ddof=1) for k in range(levels)])
-    bias = np.array([along[level_of == k].mean() for k in range(levels)])
-    low = np.array([low_device[level_of == k].mean() for k in range(levels)])
-    low_se = np.array([low_device[level_of == k].std(ddof=1) for k in range(levels)]) / np.sqrt(n)
-    se = sigma / np.sqrt(2.0 * (n - 1))
+    count = np.bincount(level_of, minlength=levels)
+    used = count >= 8
+    if used.sum() < len(stat.prog_coeff) + 2:
+        raise ValueError(f"characterisation measured only {int(used.sum())} levels with 8 or "
+                         f"more pairs; it needs {len(stat.prog_coeff) + 2}")
+
+    def per_level(values, statistic):
+        return np.array([statistic(values[level_of == k]) if used[k] else np.nan
+                         for k in range(levels)])
+
+    sigma = per_level(error, lambda v: v.std(ddof=1))
+    bias = per_level(along, np.mean)
+    low = per_level(low_device, np.mean)
+    low_se = per_level(low_device, lambda v: v.std(ddof=1) / np.sqrt(v.size))
+    se = sigma / np.sqrt(2.0 * (np.maximum(count, 2) - 1))
     # A level measured without scatter (noise-free programming) still counts, at the
     # resolution of the conductances themselves.
     se = np.maximum(se, 1e-12 * g_max)
     low_se = np.maximum(low_se, 1e-12 * g_max)
     g_levels = magnitude * g_max
+    n = int(count[used].min())
 
     def model(coeff_us):
         return replace(stat, prog_coeff=tuple(float(c) * 1e-6 for c in coeff_us),
@@ -622,20 +642,22 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     preset_us = (np.asarray(stat.prog_coeff) * (g_max / stat.prog_coeff_g_ref)
                  * stat.prog_noise_scale * 1e6)
     current = stat
+    n_used = int(used.sum())
     for _ in range(3):
-        common = _common_mode_fit(magnitude, low, low_se, current)
+        common = _common_mode_fit(magnitude[used], low[used], low_se[used], current)
 
         def residuals(coeff_us, common=common):  # in µS, the units the fit reads
-            return (_programming_sigma(g_levels, model(coeff_us), common) - sigma) / se
+            return ((_programming_sigma(g_levels[used], model(coeff_us), common) - sigma[used])
+                    / se[used])
 
         best = None
-        for degree in range(preset_us.size - 1, min(max_degree, levels - 2) + 1):
+        for degree in range(preset_us.size - 1, min(max_degree, n_used - 2) + 1):
             starts = (np.pad(preset_us, (0, degree + 1 - preset_us.size)),
-                      np.r_[np.median(sigma) * 1e6, np.zeros(degree)])
+                      np.r_[np.nanmedian(sigma) * 1e6, np.zeros(degree)])
             for start in starts:
                 fit = least_squares(residuals, start, method="lm")
                 chi2 = float(np.sum(fit.fun ** 2))
-                bic = chi2 + (degree + 1) * np.log(levels)
+                bic = chi2 + (degree + 1) * np.log(n_used)
                 if best is None or bic < best[0]:
                     best = (bic, chi2, degree, fit.x)
         _, chi2, degree, coeff_us = best
@@ -646,7 +668,7 @@ def characterise_programming(hw: Hardware, seed: int, levels: int = CHARACTERISA
     return ProgrammingFit(levels=magnitude, sigma=sigma, sigma_se=se, bias=bias,
                           sigma_fitted=_programming_sigma(g_levels, current, common),
                           sigma_preset=_programming_sigma(g_levels, stat), stat=current,
-                          chi2_dof=chi2 / (levels - degree - 1), pairs_per_level=n,
+                          chi2_dof=chi2 / (n_used - degree - 1), pairs_per_level=n,
                           low=low, low_fitted=_low_device_mean(c_levels, current),
                           common_mode=common, common_mode_levels=c_levels)
 
@@ -810,8 +832,8 @@ def needs(method: str, noise_model: str = "preset", pto_wires: bool = False) -> 
                             "; the wire resistance per cell pitch (its tile model solves the "
                             "resistive array)")
     if noise_model == "characterised" and method in _NOISE_AWARE:
-        text += ("; its programming noise and common-mode conductance measured on a "
-                 "characterisation tile programmed by the chip's own method")
+        text += ("; its programming noise and common-mode conductance measured on copies of "
+                 "the SGD network's tiles programmed by the chip's own method")
     return text
 
 
@@ -824,7 +846,7 @@ TRAINING_OF = {"float": "sgd", "sgd_maxabs": "sgd", "sgd_maxabs_tile": "sgd",
 # PTO on device draws of its own (never the evaluated chip's); the oracle on the test set
 PTO_METHODS = ("pto_sgd", "pto_noise", "pto_sgd_oracle")
 _STREAM_PTO = 70  # PTO's device draws: never the devices of an evaluated chip
-_STREAM_CHARACTERISE = 71  # the programming-characterisation tile: never an evaluated chip
+_STREAM_CHARACTERISE = 71  # the programming characterisation: never an evaluated chip
 
 
 def recovery(float_acc, baseline_acc, remedy_acc) -> float:
@@ -956,7 +978,9 @@ class InferenceRun:
         # What the noise-aware methods assume the chip to be (``model_hw``): the chip itself
         # but for its programming noise under noise_model = "characterised" (set in run()).
         self.model_hw = self.hw
-        self.trainings = []
+        # Under a characterised noise model the SGD network comes first: the programming is
+        # characterised on copies of its mapping before any noise-aware training.
+        self.trainings = ["sgd"] if sec.noise_model == "characterised" else []
         for method in sec.methods:
             name = TRAINING_OF[method]
             if name not in self.trainings:
@@ -1007,11 +1031,11 @@ class InferenceRun:
                     inference_pto_seed=self.pto_seed,
                     inference_programming=sec.programming,
                     inference_noise_model=sec.noise_model)
-        if sec.noise_model == "characterised":
+        for arch in sec.architectures if sec.noise_model == "characterised" else ():
             levels = CHARACTERISATION_LEVELS
-            w.declare_series("characterisation_levels", (levels,), "f8", "1",
-                             "target |u| of each level of the programming characterisation "
-                             "tile, fraction of g_max", n=1, time_units="s",
+            w.declare_series(f"characterisation_{arch}_levels", (levels,), "f8", "1",
+                             f"{arch}: target |u| of each level of the programming "
+                             "characterisation, fraction of g_max", n=1, time_units="s",
                              time_description="0: programming")
             for what, desc in (
                     ("sigma", "measured std of the programmed weight error G+ - G- - u*g_max"),
@@ -1026,13 +1050,14 @@ class InferenceRun:
                                    "included"),
                     ("common_mode_levels", "fitted common-mode conductance C(|u|) both "
                                            "devices of a pair carry in the refitted model")):
-                w.declare_series(f"characterisation_{what}", (levels,), "f8", "S",
-                                 f"per level: {desc} ({sec.programming} programming of "
-                                 f"{CHARACTERISATION_PAIRS} or more pairs in tiles of "
-                                 f"{sec.tile_rows} x {sec.tile_cols}, devices of their own)",
+                w.declare_series(f"characterisation_{arch}_{what}", (levels,), "f8", "S",
+                                 f"{arch}, per level (NaN: fewer than 8 pairs): {desc} "
+                                 f"({sec.programming} programming of copies of the SGD "
+                                 f"network's max-abs mapping, {CHARACTERISATION_PAIRS} or "
+                                 "more pairs, devices of their own)",
                                  n=1, time_units="s",
                                  time_description="0: programming")
-            w.declare_metric("characterisation_chi2_dof", "1",
+            w.declare_metric(f"characterisation_{arch}_chi2_dof", "1",
                              "chi^2 per degree of freedom of the programming-noise fit "
                              "(~1: the polynomial form describes the programming)")
         n_seeds = len(sec.device_seeds)
@@ -1156,27 +1181,28 @@ class InferenceRun:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, user_api="blas"):
-            if self.section.noise_model == "characterised":
-                self._characterise()
             for arch in self.section.architectures:
                 self._run_architecture(arch, progress)
 
-    def _characterise(self):
+    def _characterise(self, arch, net_sgd):
         """Refit the programming noise the noise-aware methods assume to the chip's own
-        programming (:func:`characterise_programming`) and record what was measured."""
+        programming (:func:`characterise_programming`) on copies of the SGD network's
+        fixed max-abs mapping (the tiles the chip programs, on devices of their own) and
+        record what was measured."""
+        tiles = map_network(net_sgd, self.hw, layer_rows(net_sgd, self.x_cal), "fixed")
         fit = characterise_programming(self.hw, self.characterisation_seed,
-                                       levels=CHARACTERISATION_LEVELS)
+                                       levels=CHARACTERISATION_LEVELS, tiles=tiles)
         self.model_hw = replace(self.hw, stat=fit.stat, common_mode=fit.common_mode)
         w = self.writer
-        w.append("characterisation_levels", 0.0, fit.levels)
+        w.append(f"characterisation_{arch}_levels", 0.0, fit.levels)
         for what in ("sigma", "sigma_se", "bias", "sigma_fitted", "sigma_preset", "low",
                      "low_fitted", "common_mode_levels"):
-            w.append(f"characterisation_{what}", 0.0, getattr(fit, what))
-        w.set_metric("characterisation_chi2_dof", fit.chi2_dof)
-        w.set_attrs(characterisation_prog_coeff=list(fit.stat.prog_coeff),
-                    characterisation_prog_coeff_g_ref=fit.stat.prog_coeff_g_ref,
-                    characterisation_common_mode=list(fit.common_mode),
-                    characterisation_seed=self.characterisation_seed)
+            w.append(f"characterisation_{arch}_{what}", 0.0, getattr(fit, what))
+        w.set_metric(f"characterisation_{arch}_chi2_dof", fit.chi2_dof)
+        w.set_attrs(**{f"characterisation_{arch}_prog_coeff": list(fit.stat.prog_coeff),
+                       f"characterisation_{arch}_prog_coeff_g_ref": fit.stat.prog_coeff_g_ref,
+                       f"characterisation_{arch}_common_mode": list(fit.common_mode),
+                       "characterisation_seed": self.characterisation_seed})
 
     def _train(self, arch, name):
         from imcsim.scenarios import robust_training as rt
@@ -1250,6 +1276,8 @@ class InferenceRun:
         for name in self.trainings:
             net, history = self._train(arch, name)
             nets[name] = net
+            if name == "sgd" and sec.noise_model == "characterised":
+                self._characterise(arch, net)
             for epoch, values in enumerate(zip(history.loss, history.test_accuracy,
                                                history.penalty)):
                 for what, value in zip(("loss", "test_accuracy", "penalty"), values):
