@@ -146,6 +146,14 @@ def adc(current, periphery: Periphery):
     return np.clip(np.round(current / lsb), -levels, levels) * lsb
 
 
+def _interleave(plus, minus):
+    """[G⁺ | G⁻] with the bit lines interleaved (column j's G⁺ line at 2j, G⁻ at 2j + 1)."""
+    out = np.empty((plus.shape[0], 2 * plus.shape[1]))
+    out[:, 0::2] = plus
+    out[:, 1::2] = minus
+    return out
+
+
 def column_currents(g_plus, g_minus, x_q, periphery: Periphery):
     """Differential column currents I⁺ − I⁻ (A) for normalised DAC outputs ``x_q``.
 
@@ -160,10 +168,7 @@ def column_currents(g_plus, g_minus, x_q, periphery: Periphery):
         return current
     from imcsim.physics import irdrop
 
-    rows, cols = g_plus.shape
-    g_lines = np.empty((rows, 2 * cols))
-    g_lines[:, 0::2] = g_plus
-    g_lines[:, 1::2] = g_minus
+    g_lines = _interleave(g_plus, g_minus)
     volts = periphery.v_read * x_q
     if periphery.ir_drop_solver == "exact":
         lines = irdrop.ExactIRDropSolver(g_lines, periphery.r_wire_row,
@@ -194,16 +199,10 @@ def column_currents_vjp(g_plus, g_minus, x_q, periphery: Periphery, grad_current
         return current, grad_g, -grad_g, grad_x
     from imcsim.physics import irdrop
 
-    rows, cols = g_plus.shape
-    g_lines = np.empty((rows, 2 * cols))
-    g_lines[:, 0::2] = g_plus
-    g_lines[:, 1::2] = g_minus
-    grad_lines = np.empty((x_q.shape[0], 2 * cols))
-    grad_lines[:, 0::2] = grad_current
-    grad_lines[:, 1::2] = -grad_current
     lines, grad_g, grad_v = irdrop.column_currents_vjp(
-        g_lines, volts, grad_lines, periphery.r_wire_row, periphery.r_wire_col,
-        solver=periphery.ir_drop_solver, tol=periphery.ir_drop_tolerance)
+        _interleave(g_plus, g_minus), volts, _interleave(grad_current, -grad_current),
+        periphery.r_wire_row, periphery.r_wire_col, solver=periphery.ir_drop_solver,
+        tol=periphery.ir_drop_tolerance)
     return (lines[:, 0::2] - lines[:, 1::2], grad_g[:, 0::2], grad_g[:, 1::2],
             periphery.v_read * grad_v)
 

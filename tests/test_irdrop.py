@@ -367,6 +367,17 @@ def test_relaxation_error_grows_with_rgn2():
 # (g) Gradients: the adjoint (reciprocal) read
 
 
+def central_differences(f, x, h):
+    """∂f/∂x by central differences of step h, entry by entry (shape of x)."""
+    out = np.empty_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += h
+        down[idx] -= h
+        out[idx] = (f(up) - f(down)) / (2 * h)
+    return out
+
+
 @pytest.mark.parametrize("solver", ["exact", "relaxed"])
 @pytest.mark.parametrize(("r_row", "r_col"),
                          [(2.5, 1.0), (0.0, 800.0), (800.0, 0.0), (800.0, 800.0)])
@@ -387,18 +398,8 @@ def test_vjp_matches_central_differences_of_the_exact_solve(solver, r_row, r_col
                                                 tol=1e-12)
     np.testing.assert_allclose(i_out, column_currents_exact(g, v, r_row, r_col),
                                rtol=1e-10, atol=FLOOR * full_scale(g, v).max())
-    fd_g = np.empty_like(g)
-    for idx in np.ndindex(g.shape):
-        up, down = g.copy(), g.copy()
-        up[idx] += 1e-11
-        down[idx] -= 1e-11
-        fd_g[idx] = (loss(up, v) - loss(down, v)) / 2e-11
-    fd_v = np.empty_like(v)
-    for idx in np.ndindex(v.shape):
-        up, down = v.copy(), v.copy()
-        up[idx] += 1e-6
-        down[idx] -= 1e-6
-        fd_v[idx] = (loss(g, up) - loss(g, down)) / 2e-6
+    fd_g = central_differences(lambda g_: loss(g_, v), g, 1e-11)
+    fd_v = central_differences(lambda v_: loss(g, v_), v, 1e-6)
     np.testing.assert_allclose(grad_g, fd_g, rtol=1e-6, atol=1e-8 * np.abs(fd_g).max())
     np.testing.assert_allclose(grad_v, fd_v, rtol=1e-6, atol=1e-8 * np.abs(fd_v).max())
     if r_row == 800.0 and r_col == 800.0:  # the wires matter: the ideal gradient is far off

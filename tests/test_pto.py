@@ -27,6 +27,32 @@ def batch():
     return gen.uniform(0, 1, (32, 64)), gen.integers(0, 10, 32)
 
 
+def range_differences(value, tiles, h, stride):
+    """Central differences of ``value(log_scales, log_ranges)`` in every ``stride``-th ln s
+    of each tile and in each tile's ln r, in the order of :func:`range_gradient`."""
+    log_s = [np.log(t.scale) for t in tiles]
+    log_r = [np.log(t.input_range) for t in tiles]
+    fd = []
+    for i in range(len(tiles)):
+        for j in range(0, log_s[i].size, stride):
+            up = [v.copy() for v in log_s]
+            down = [v.copy() for v in log_s]
+            up[i][j] += h
+            down[i][j] -= h
+            fd.append((value(up, log_r) - value(down, log_r)) / (2 * h))
+        up, down = list(log_r), list(log_r)
+        up[i] += h
+        down[i] -= h
+        fd.append((value(log_s, up) - value(log_s, down)) / (2 * h))
+    return np.array(fd)
+
+
+def range_gradient(obj, stride):
+    """The analytic ∂J/∂ln s (every ``stride``-th of each tile) and ∂J/∂ln r of ``obj``."""
+    return np.concatenate([np.append(gs[::stride], gr)
+                           for gs, gr in zip(obj.grad_log_scale, obj.grad_log_range)])
+
+
 @pytest.mark.parametrize("t", [1.0, 3600.0, 86400.0, 3.1536e7])
 @pytest.mark.parametrize("drift_time", ["clamped", "shifted"])
 @pytest.mark.parametrize("preset", [pcm.JOSHI_2020, pcm.HERMES_2023], ids=lambda s: s.kind)
@@ -117,29 +143,14 @@ def test_range_gradients_match_finite_differences(architecture, kind, loss, batc
     draws = pto.draw_tiles(tiles, 5, 1)
     target = inference.layer_forward(net, x) if loss == "logit_mse" else None
     obj = pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0, target_logits=target)
-    log_s = [np.log(t.scale) for t in tiles]
-    log_r = [np.log(t.input_range) for t in tiles]
 
     def value(ls, lr):
         return pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0,
                              [np.exp(v) for v in ls], [float(np.exp(v)) for v in lr],
                              alphas=obj.alphas, grad=False, target_logits=target).loss
 
-    h = 1e-6
-    pairs = []
-    for i in range(len(tiles)):
-        for j in range(0, log_s[i].size, 3):
-            up = [v.copy() for v in log_s]
-            down = [v.copy() for v in log_s]
-            up[i][j] += h
-            down[i][j] -= h
-            pairs.append(((value(up, log_r) - value(down, log_r)) / (2 * h),
-                          obj.grad_log_scale[i][j]))
-        up, down = list(log_r), list(log_r)
-        up[i] += h
-        down[i] -= h
-        pairs.append(((value(log_s, up) - value(log_s, down)) / (2 * h), obj.grad_log_range[i]))
-    fd, analytic = np.array(pairs).T
+    fd = range_differences(value, tiles, 1e-6, 3)
+    analytic = range_gradient(obj, 3)
     scale = np.max(np.abs(fd))
     assert scale > 0
     np.testing.assert_allclose(analytic, fd, rtol=1e-4, atol=1e-6 * scale)
@@ -318,32 +329,14 @@ def test_wire_aware_gradients_match_finite_differences_of_the_resistive_objectiv
     wired = _wired(hw, 16.0, solver)
     obj = pto.objective(net, tiles, wired, x, y, rows, draws, 86400.0)
     assert obj.loss != pytest.approx(ideal.loss, rel=1e-3)  # the wires matter here
-    log_s = [np.log(t.scale) for t in tiles]
-    log_r = [np.log(t.input_range) for t in tiles]
 
     def value(ls, lr):
         return pto.objective(net, tiles, wired, x, y, rows, draws, 86400.0,
                              [np.exp(v) for v in ls], [float(np.exp(v)) for v in lr],
                              alphas=obj.alphas, grad=False).loss
 
-    h = 1e-5
-    fd, adjoint, blind = [], [], []
-    for i in range(len(tiles)):
-        for j in range(0, log_s[i].size, 2):
-            up = [v.copy() for v in log_s]
-            down = [v.copy() for v in log_s]
-            up[i][j] += h
-            down[i][j] -= h
-            fd.append((value(up, log_r) - value(down, log_r)) / (2 * h))
-            adjoint.append(obj.grad_log_scale[i][j])
-            blind.append(ideal.grad_log_scale[i][j])
-        up, down = list(log_r), list(log_r)
-        up[i] += h
-        down[i] -= h
-        fd.append((value(log_s, up) - value(log_s, down)) / (2 * h))
-        adjoint.append(obj.grad_log_range[i])
-        blind.append(ideal.grad_log_range[i])
-    fd, adjoint, blind = map(np.array, (fd, adjoint, blind))
+    fd = range_differences(value, tiles, 1e-5, 2)
+    adjoint, blind = range_gradient(obj, 2), range_gradient(ideal, 2)
     scale = np.max(np.abs(fd))
     np.testing.assert_allclose(adjoint, fd, rtol=1e-4, atol=1e-6 * scale)
     assert np.max(np.abs(blind - fd)) > 1e-2 * scale
@@ -367,30 +360,12 @@ def test_range_gradients_with_a_common_mode_match_finite_differences(batch, r_wi
                                   [t.input_range * 0.71 for t in tiles])
     draws = pto.draw_tiles(tiles, 5, 1)
     obj = pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0)
-    log_s = [np.log(t.scale) for t in tiles]
-    log_r = [np.log(t.input_range) for t in tiles]
-
     def value(ls, lr):
         return pto.objective(net, tiles, hw, x, y, rows, draws, 86400.0,
                              [np.exp(v) for v in ls], [float(np.exp(v)) for v in lr],
                              alphas=obj.alphas, grad=False).loss
 
-    h = 1e-5
-    fd, analytic = [], []
-    for i in range(len(tiles)):
-        for j in range(0, log_s[i].size, 2):
-            up = [v.copy() for v in log_s]
-            down = [v.copy() for v in log_s]
-            up[i][j] += h
-            down[i][j] -= h
-            fd.append((value(up, log_r) - value(down, log_r)) / (2 * h))
-            analytic.append(obj.grad_log_scale[i][j])
-        up, down = list(log_r), list(log_r)
-        up[i] += h
-        down[i] -= h
-        fd.append((value(log_s, up) - value(log_s, down)) / (2 * h))
-        analytic.append(obj.grad_log_range[i])
-    fd, analytic = np.array(fd), np.array(analytic)
+    fd, analytic = range_differences(value, tiles, 1e-5, 2), range_gradient(obj, 2)
     scale = np.max(np.abs(fd))
     np.testing.assert_allclose(analytic, fd, rtol=1e-4, atol=1e-6 * scale)
 
